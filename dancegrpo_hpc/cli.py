@@ -1,0 +1,29 @@
+"""Command line: `dancegrpo-hpc COMMAND ...` (or `python -m dancegrpo_hpc.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dancegrpo-hpc", description="GRPO alignment of video flow-matching models")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "check-sampling",
+        help="sample Gaussian data with its exact velocity through every SDE kind and check the marginals",
+    )
+    check.add_argument("--samples", type=int, default=20000)
+    check.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.command == "check-sampling":
+        from .sampling import analytic
+
+        return analytic.main(["--samples", str(args.samples), "--seed", str(args.seed)])
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

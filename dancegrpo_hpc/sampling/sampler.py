@@ -1,0 +1,81 @@
+"""The sampler: runs a model through a flow-matching schedule with SDE/ODE steps,
+recording what GRPO training needs (every state and each step's log-prob)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ..checks import require
+from .sde import sde_step
+
+# model_fn(x [B, ...], sigma [B] float64, step index) -> model output (velocity) [B, ...]
+ModelFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class Trajectory:
+    """latents: [B, T+1, ...] states from the initial noise to the final sample (None
+    when not stored); log_probs: [B, T] float32, NaN at deterministic steps;
+    stochastic: [T] bool, which steps were SDE steps; final: [B, ...]."""
+
+    latents: Optional[torch.Tensor]
+    log_probs: torch.Tensor
+    sigmas: torch.Tensor
+    stochastic: torch.Tensor
+    final: torch.Tensor
+
+
+def stochastic_steps(kind: str, sigmas: torch.Tensor, sde_steps: Optional[Union[Sequence[bool], torch.Tensor]]) -> torch.Tensor:
+    """Which of the T steps are stochastic: all by default, or the given mask (a
+    fixed training window, ODE elsewhere). A step with zero noise (cps ending at
+    sigma = 0) is run as an ODE step: it has no log-prob and is never trained."""
+    num_steps = sigmas.numel() - 1
+    mask = torch.ones(num_steps, dtype=torch.bool) if sde_steps is None else torch.as_tensor(sde_steps, dtype=torch.bool)
+    require(mask.shape == (num_steps,), f"sample: sde_steps must have one entry per step ({num_steps}); got {tuple(mask.shape)}")
+    if kind == "ode":
+        return torch.zeros(num_steps, dtype=torch.bool)
+    if kind == "cps":
+        mask = mask & (sigmas[1:].cpu() > 0)
+    return mask
+
+
+def sample(
+    model_fn: ModelFn,
+    initial: torch.Tensor,
+    sigmas: torch.Tensor,
+    kind: str = "dance",
+    eta: float = 0.3,
+    *,
+    generator: Optional[torch.Generator] = None,
+    sde_steps: Optional[Union[Sequence[bool], torch.Tensor]] = None,
+    store_latents: bool = True,
+    reduction: str = "mean",
+    use_fused: Optional[bool] = None,
+) -> Trajectory:
+    """Integrates from sigmas[0] to sigmas[-1] starting at `initial` (the noise at
+    sigma = 1). Each state is written straight into the trajectory buffer."""
+    require(sigmas.dim() == 1 and sigmas.numel() >= 2, f"sample: sigmas must be a 1-D schedule of T+1 values; got {tuple(sigmas.shape)}")
+    num_steps = sigmas.numel() - 1
+    mask = stochastic_steps(kind, sigmas, sde_steps)
+    batch = initial.shape[0]
+    latents = None
+    if store_latents:
+        latents = initial.new_empty((batch, num_steps + 1, *initial.shape[1:]))
+        latents[:, 0] = initial
+    log_probs = torch.full((batch, num_steps), float("nan"), dtype=torch.float32, device=initial.device)
+    x = initial
+    sig = sigmas.to(torch.float64)
+    for i in range(num_steps):
+        sigma = sig[i].expand(batch)
+        v = model_fn(x, sigma.to(initial.device), i)
+        step_kind = kind if bool(mask[i]) else "ode"
+        out = latents[:, i + 1] if latents is not None else None
+        result = sde_step(step_kind, v, x, float(sig[i]), float(sig[i + 1]), eta, reduction=reduction,
+                          generator=generator, out=out, use_fused=use_fused)
+        if result.log_prob is not None:
+            log_probs[:, i] = result.log_prob
+        x = result.prev_sample
+    return Trajectory(latents, log_probs, sig, mask, x)

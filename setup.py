@@ -1,0 +1,84 @@
+"""Build and install dancegrpo_hpc; csrc/ is compiled by CMake into dancegrpo_hpc._C.
+
+Build against the torch already installed (a CPU wheel here, a CUDA build on a
+GPU cluster): `pip install --no-build-isolation -e .`. Build isolation would
+install a fresh torch (the multi-GB CUDA wheel) just to compile against it.
+Environment: DANCEGRPO_CUDA=0/1 forces the CUDA kernels off/on (default: on when
+torch has CUDA and nvcc is found); CMAKE_BUILD_PARALLEL_LEVEL sets build jobs.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        sys.exit(
+            "dancegrpo_hpc: torch must be installed before building the fused kernels; "
+            "install torch, then `pip install --no-build-isolation -e .`"
+        )
+    return torch
+
+
+def _want_cuda(torch) -> bool:
+    forced = os.environ.get("DANCEGRPO_CUDA")
+    if forced is not None:
+        return forced not in ("0", "", "false", "OFF", "off")
+    return torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+class CMakeBuild(build_ext):
+    """Configures and builds csrc/ with CMake in a persistent build/ folder, so a
+    second install with unchanged sources recompiles nothing."""
+
+    def build_extension(self, ext):
+        torch = _torch()
+        cuda = _want_cuda(torch)
+        tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{'cuda' if cuda else 'cpu'}"
+        build_dir = ROOT / "build" / "cmake" / tag.replace("+", "_")
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DDANCEGRPO_CUDA={'ON' if cuda else 'OFF'}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
+            args.append("-GNinja")
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            sys.exit("dancegrpo_hpc: cmake not found; install it (`pip install cmake ninja`) and build again")
+        subprocess.check_call([cmake, "-S", str(ROOT), "-B", str(build_dir), *args])
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
+        subprocess.check_call([cmake, "--build", str(build_dir), "-j", jobs])
+
+
+setup(
+    name="dancegrpo-hpc",
+    version="0.1.0",
+    description="High-performance GRPO alignment of video flow-matching models (DanceGRPO, Euphonium)",
+    packages=find_packages(include=["dancegrpo_hpc", "dancegrpo_hpc.*"]),
+    python_requires=">=3.10",
+    ext_modules=[Extension("dancegrpo_hpc._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        "gpu": ["transformer-engine[pytorch]", "flash-attn", "xformers", "nvidia-dali-cuda120"],
+        "rewards": ["transformers", "open-clip-torch", "safetensors"],
+        "dev": ["pytest>=7", "pytest-timeout", "diffusers"],
+    },
+    entry_points={"console_scripts": ["dancegrpo-hpc=dancegrpo_hpc.cli:main"]},
+    zip_safe=False,
+)

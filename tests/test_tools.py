@@ -1,0 +1,33 @@
+"""The benchmark tool's JSON contract and the quick-start entry point (tiny sizes;
+timings are never asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_bench_kernels_json_contract():
+    report = json.loads(run("tools/bench_kernels.py", "--sizes", "64K,16M", "--reps", "1", "--json").strip().splitlines()[-1])
+    assert report["copy_gbps"] > 0
+    ops = {r["op"] for r in report["rows"]}
+    assert {"dance_step", "flow_step", "dance_log_prob", "dance_log_prob_fwd_bwd"} <= ops
+    for row in report["rows"]:
+        assert {"numel", "op", "fused_s", "eager_s", "speedup", "fused_gbps"} <= set(row)
+        assert row["fused_s"] > 0 and row["eager_s"] > 0
+        assert abs(row["speedup"] - row["eager_s"] / row["fused_s"]) < 1e-9
+    assert {r["numel"] for r in report["rows"]} == {64 << 10, 16 << 20}
+    assert report["targets"]["numel"] == 16 << 20
+
+
+def test_check_sampling_cli():
+    out = run("-m", "dancegrpo_hpc.cli", "check-sampling", "--samples", "20000")
+    assert "6/6 samplers reproduce N(m, s^2)" in out

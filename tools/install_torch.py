@@ -1,0 +1,43 @@
+"""Installs torch==2.13.0 into the running environment, refusing a CUDA build on a
+machine without an NVIDIA GPU (PyPI's default Linux torch wheel pulls several GB
+of CUDA libraries). Called by tools/_env.sh only when no torch is importable."""
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+
+PIN = "torch==2.13.0"
+
+
+def has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def planned_install(spec: str) -> list:
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", report.name, spec])
+        return json.load(open(report.name)).get("install", [])
+
+
+def main() -> int:
+    if not has_nvidia_gpu():
+        plan = planned_install(PIN)
+        names = [item["metadata"]["name"].lower() for item in plan]
+        versions = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in plan}
+        cuda = [n for n in names if n.startswith("nvidia-") or n == "triton"]
+        if cuda or "+cpu" not in versions.get("torch", "+cpu"):
+            print(
+                f"install_torch: no NVIDIA GPU here, but `pip install {PIN}` would install a CUDA build "
+                f"({versions.get('torch')}, with {', '.join(cuda) or 'CUDA libraries'}). Install the CPU wheel first, e.g. "
+                f"`pip install {PIN} --index-url https://download.pytorch.org/whl/cpu`, then re-run.",
+                file=sys.stderr,
+            )
+            return 1
+    return subprocess.call([sys.executable, "-m", "pip", "install", PIN])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
