@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "sde_kernels.h"
 
@@ -92,29 +93,59 @@ T* data_as(const at::Tensor& t) {
   return static_cast<T*>(t.data_ptr());
 }
 
-template <class Backend, StepKind Kind>
-struct StepOps {
-  static at::Tensor step_out(const at::Tensor& v_in, const at::Tensor& x_in, const at::Tensor& noise_in,
-                             const at::Tensor& t, const at::Tensor& t_next, double level, bool sum_reduction,
-                             const at::Tensor& prev, const std::optional<at::Tensor>& mean) {
-    const std::string op = std::string(kind_name(Kind)) + "_step";
-    check_state(op.c_str(), v_in, x_in, noise_in, "noise", t, t_next);
-    check_output(op.c_str(), "prev_sample", prev, x_in);
-    if (mean) check_output(op.c_str(), "mean", *mean, x_in);
-    const at::Tensor v = as_input(v_in), x = as_input(x_in), noise = as_input(noise_in);
-    at::Tensor log_prob = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-    const StepProblem p = make_problem(Kind, x, t, t_next, level, sum_reduction);
+// The checked, sample-contiguous state of one op call (model output v, sample x and
+// `in`: the noise or the stored next sample) and the problem it describes.
+struct BoundState {
+  at::Tensor v, x, in;
+  StepProblem p;
+
+  BoundState(StepKind kind, const std::string& op, const char* in_name, const at::Tensor& v_in,
+             const at::Tensor& x_in, const at::Tensor& in_in, const at::Tensor& t, const at::Tensor& t_next,
+             double level, bool sum_reduction) {
+    check_state(op.c_str(), v_in, x_in, in_in, in_name, t, t_next);
+    v = as_input(v_in), x = as_input(x_in), in = as_input(in_in);
+    p = make_problem(kind, x, t, t_next, level, sum_reduction);
+  }
+
+  // Calls f(StepTensors<X, V>&) with v, x and in bound, for this call's storage types.
+  template <class F>
+  void with_tensors(F&& f) const {
     dispatch_storage(x.scalar_type(), v.scalar_type(), [&](auto xt, auto vt) {
       using X = typename decltype(xt)::type;
       using V = typename decltype(vt)::type;
       StepTensors<X, V> k;
       k.v = data_as<V>(v), k.v_stride = v.stride(0);
       k.x = data_as<X>(x), k.x_stride = x.stride(0);
-      k.in = data_as<X>(noise), k.in_stride = noise.stride(0);
+      k.in = data_as<X>(in), k.in_stride = in.stride(0);
+      f(k);
+    });
+  }
+
+  at::Tensor new_log_prob() const { return at::empty({x.size(0)}, x.options().dtype(at::kFloat)); }
+};
+
+template <class K>
+using SampleT = std::remove_const_t<std::remove_pointer_t<decltype(K::x)>>;
+template <class K>
+using OutputT = std::remove_const_t<std::remove_pointer_t<decltype(K::v)>>;
+
+template <class Backend, StepKind Kind>
+struct StepOps {
+  static std::string name(const char* suffix) { return std::string(kind_name(Kind)) + suffix; }
+
+  static at::Tensor step_out(const at::Tensor& v, const at::Tensor& x, const at::Tensor& noise, const at::Tensor& t,
+                             const at::Tensor& t_next, double level, bool sum_reduction, const at::Tensor& prev,
+                             const std::optional<at::Tensor>& mean) {
+    const BoundState s(Kind, name("_step"), "noise", v, x, noise, t, t_next, level, sum_reduction);
+    check_output(name("_step").c_str(), "prev_sample", prev, x);
+    if (mean) check_output(name("_step").c_str(), "mean", *mean, x);
+    at::Tensor log_prob = s.new_log_prob();
+    s.with_tensors([&](auto& k) {
+      using X = SampleT<std::decay_t<decltype(k)>>;
       k.prev_out = data_as<X>(prev), k.prev_stride = prev.stride(0);
       if (mean) k.mean_out = data_as<X>(*mean), k.mean_stride = mean->stride(0);
       k.log_prob = log_prob.data_ptr<float>();
-      Backend::step_forward(p, k, x);
+      Backend::step_forward(s.p, k, s.x);
     });
     return log_prob;
   }
@@ -129,47 +160,31 @@ struct StepOps {
     return {prev, mean, log_prob};
   }
 
-  static at::Tensor log_prob(const at::Tensor& v_in, const at::Tensor& x_in, const at::Tensor& prev_in,
-                             const at::Tensor& t, const at::Tensor& t_next, double level, bool sum_reduction) {
-    const std::string op = std::string(kind_name(Kind)) + "_log_prob";
-    check_state(op.c_str(), v_in, x_in, prev_in, "prev_sample", t, t_next);
-    const at::Tensor v = as_input(v_in), x = as_input(x_in), prev = as_input(prev_in);
-    at::Tensor log_prob = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-    const StepProblem p = make_problem(Kind, x, t, t_next, level, sum_reduction);
-    dispatch_storage(x.scalar_type(), v.scalar_type(), [&](auto xt, auto vt) {
-      using X = typename decltype(xt)::type;
-      using V = typename decltype(vt)::type;
-      StepTensors<X, V> k;
-      k.v = data_as<V>(v), k.v_stride = v.stride(0);
-      k.x = data_as<X>(x), k.x_stride = x.stride(0);
-      k.in = data_as<X>(prev), k.in_stride = prev.stride(0);
+  static at::Tensor log_prob(const at::Tensor& v, const at::Tensor& x, const at::Tensor& prev, const at::Tensor& t,
+                             const at::Tensor& t_next, double level, bool sum_reduction) {
+    const BoundState s(Kind, name("_log_prob"), "prev_sample", v, x, prev, t, t_next, level, sum_reduction);
+    at::Tensor log_prob = s.new_log_prob();
+    s.with_tensors([&](auto& k) {
       k.log_prob = log_prob.data_ptr<float>();
-      Backend::log_prob_forward(p, k, x);
+      Backend::log_prob_forward(s.p, k, s.x);
     });
     return log_prob;
   }
 
-  static at::Tensor log_prob_backward(const at::Tensor& grad_in, const at::Tensor& v_in, const at::Tensor& x_in,
-                                      const at::Tensor& prev_in, const at::Tensor& t, const at::Tensor& t_next,
+  static at::Tensor log_prob_backward(const at::Tensor& grad_in, const at::Tensor& v, const at::Tensor& x,
+                                      const at::Tensor& prev, const at::Tensor& t, const at::Tensor& t_next,
                                       double level, bool sum_reduction) {
-    const std::string op = std::string(kind_name(Kind)) + "_log_prob_backward";
-    check_state(op.c_str(), v_in, x_in, prev_in, "prev_sample", t, t_next);
-    TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == x_in.size(0) && grad_in.device() == x_in.device(), op,
-                ": grad must have shape [", x_in.size(0), "] on ", x_in.device());
+    const std::string op = name("_log_prob_backward");
+    const BoundState s(Kind, op, "prev_sample", v, x, prev, t, t_next, level, sum_reduction);
+    TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == x.size(0) && grad_in.device() == x.device(), op,
+                ": grad must have shape [", x.size(0), "] on ", x.device());
     const at::Tensor grad = grad_in.to(at::kFloat).contiguous();
-    const at::Tensor v = as_input(v_in), x = as_input(x_in), prev = as_input(prev_in);
     at::Tensor grad_v = at::empty(v.sizes(), v.options().memory_format(at::MemoryFormat::Contiguous));
-    const StepProblem p = make_problem(Kind, x, t, t_next, level, sum_reduction);
-    dispatch_storage(x.scalar_type(), v.scalar_type(), [&](auto xt, auto vt) {
-      using X = typename decltype(xt)::type;
-      using V = typename decltype(vt)::type;
-      StepTensors<X, V> k;
-      k.v = data_as<V>(v), k.v_stride = v.stride(0);
-      k.x = data_as<X>(x), k.x_stride = x.stride(0);
-      k.in = data_as<X>(prev), k.in_stride = prev.stride(0);
+    s.with_tensors([&](auto& k) {
+      using V = OutputT<std::decay_t<decltype(k)>>;
       k.grad_out = data_as<V>(grad_v), k.grad_stride = grad_v.stride(0);
       k.grad_log_prob = grad.data_ptr<float>();
-      Backend::log_prob_backward(p, k, x);
+      Backend::log_prob_backward(s.p, k, s.x);
     });
     return grad_v;
   }

@@ -35,6 +35,14 @@ struct StepTensors {
   int64_t prev_stride = 0, mean_stride = 0, grad_stride = 0;
   const float* grad_log_prob = nullptr;  // upstream gradient, one per sample (backward)
   float* log_prob = nullptr;             // one per sample (forward)
+
+  // First element of sample b in each tensor.
+  DGH_HD const V* v_at(int64_t b) const { return v + b * v_stride; }
+  DGH_HD const X* x_at(int64_t b) const { return x + b * x_stride; }
+  DGH_HD const X* in_at(int64_t b) const { return in + b * in_stride; }
+  DGH_HD X* prev_at(int64_t b) const { return prev_out + b * prev_stride; }
+  DGH_HD X* mean_at(int64_t b) const { return mean_out ? mean_out + b * mean_stride : nullptr; }
+  DGH_HD V* grad_at(int64_t b) const { return grad_out + b * grad_stride; }
 };
 
 // Instruction set the CPU tile loops run with now: "avx2" or "generic".

@@ -46,6 +46,9 @@ struct bf16 {
   uint16_t bits;
 };
 
+// Every (sample storage X, model-output storage V) pair the kernels are built for.
+#define DGH_FOR_EACH_STORAGE(M) M(float, float) M(float, bf16) M(bf16, float) M(bf16, bf16)
+
 // Everything below has internal linkage: the CPU tile loops are compiled once per
 // instruction set (baseline, AVX2) and each translation unit must keep its own copy
 // of these helpers, never one merged across them by the linker.

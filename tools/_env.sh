@@ -36,14 +36,26 @@ build_signature() {
     cd "$ROOT"
     find csrc CMakeLists.txt setup.py pyproject.toml -type f -print0 | sort -z | xargs -0 sha256sum
     "$PY" -c "import importlib.metadata as m; print(m.version('torch'))"
-    echo "extras=$EXTRAS"
   ) | sha256sum | cut -d' ' -f1
 }
+# The stamp holds the build signature on its first line and the extras installed
+# with it on the second: a build with [dev] also serves a run that needs no extras.
 STAMP="$VENV/.dancegrpo-build"
 SIGNATURE="$(build_signature)"
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$SIGNATURE" ] \
+STAMPED_SIGNATURE="$(sed -n 1p "$STAMP" 2>/dev/null || true)"
+INSTALLED_EXTRAS=""
+[ "$STAMPED_SIGNATURE" = "$SIGNATURE" ] && INSTALLED_EXTRAS="$(sed -n 2p "$STAMP")"
+ALL_EXTRAS="$INSTALLED_EXTRAS"
+MISSING_EXTRAS=""
+for extra in ${EXTRAS//,/ }; do
+  case ",$INSTALLED_EXTRAS," in
+    *",$extra,"*) ;;
+    *) MISSING_EXTRAS="$MISSING_EXTRAS $extra"; ALL_EXTRAS="${ALL_EXTRAS:+$ALL_EXTRAS,}$extra" ;;
+  esac
+done
+if [ "$STAMPED_SIGNATURE" != "$SIGNATURE" ] || [ -n "$MISSING_EXTRAS" ] \
   || ! (cd / && "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('dancegrpo_hpc._C') is None)") >/dev/null 2>&1; then
-  setup_log "building and installing dancegrpo-hpc${EXTRAS:+[$EXTRAS]} (csrc/ via CMake)"
-  "$PY" -m pip install --quiet --no-build-isolation -e "$ROOT${EXTRAS:+[$EXTRAS]}"
-  echo "$SIGNATURE" > "$STAMP"
+  setup_log "building and installing dancegrpo-hpc${ALL_EXTRAS:+[$ALL_EXTRAS]} (csrc/ via CMake)"
+  "$PY" -m pip install --quiet --no-build-isolation -e "$ROOT${ALL_EXTRAS:+[$ALL_EXTRAS]}"
+  printf '%s\n%s\n' "$SIGNATURE" "$ALL_EXTRAS" > "$STAMP"
 fi

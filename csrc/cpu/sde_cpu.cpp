@@ -41,23 +41,19 @@ bool use_avx2() {
 #endif
 }
 
-std::vector<SampleTerms> all_sample_terms(const StepProblem& p) {
+// Calls tile(b, terms of b, begin, length) for every tile of every sample, in
+// parallel; returns the tiles' results in order ([batch][tiles]).
+template <class Tile>
+std::vector<double> for_each_tile(const StepProblem& p, Tile tile) {
   std::vector<SampleTerms> terms(p.batch);
   for (int64_t b = 0; b < p.batch; ++b) terms[b] = sample_terms(p.kind, p.t[b], p.t_next[b], p.level);
-  return terms;
-}
-
-// Calls body(b, terms[b], begin, length) for every tile, in parallel; returns its
-// results in tile order ([batch][tiles]).
-template <class Body>
-std::vector<double> for_each_tile(const StepProblem& p, const std::vector<SampleTerms>& terms, Body body) {
   const int64_t tiles = std::max<int64_t>(1, (p.per_sample + kTile - 1) / kTile);
   std::vector<double> partial(p.batch * tiles, 0.0);
   at::parallel_for(0, p.batch * tiles, 1, [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
       const int64_t b = k / tiles;
       const int64_t begin = (k % tiles) * kTile;
-      partial[k] = body(b, terms[b], begin, std::min(kTile, p.per_sample - begin));
+      partial[k] = tile(b, terms[b], begin, std::min(kTile, p.per_sample - begin));
     }
   });
   return partial;
@@ -78,51 +74,27 @@ void finish(const StepProblem& p, const std::vector<double>& partial, float* log
 
 template <class X, class V>
 void step_forward_cpu(const StepProblem& p, const StepTensors<X, V>& t) {
-  const bool avx2 = use_avx2();
-  const auto terms = all_sample_terms(p);
-  finish(p,
-         for_each_tile(p, terms,
-                       [&](int64_t b, const SampleTerms& s, int64_t i, int64_t n) {
-                         const V* v = t.v + b * t.v_stride + i;
-                         const X* x = t.x + b * t.x_stride + i;
-                         const X* noise = t.in + b * t.in_stride + i;
-                         X* prev = t.prev_out + b * t.prev_stride + i;
-                         X* mean = t.mean_out ? t.mean_out + b * t.mean_stride + i : nullptr;
-                         return avx2 ? avx2::step_tile(s, v, x, noise, prev, mean, n)
-                                     : generic::step_tile(s, v, x, noise, prev, mean, n);
-                       }),
-         t.log_prob);
+  const auto step = use_avx2() ? &avx2::step_tile<X, V> : &generic::step_tile<X, V>;
+  finish(p, for_each_tile(p, [&](int64_t b, const SampleTerms& s, int64_t i, int64_t n) {
+    X* mean = t.mean_at(b) ? t.mean_at(b) + i : nullptr;
+    return step(s, t.v_at(b) + i, t.x_at(b) + i, t.in_at(b) + i, t.prev_at(b) + i, mean, n);
+  }), t.log_prob);
 }
 
 template <class X, class V>
 void log_prob_forward_cpu(const StepProblem& p, const StepTensors<X, V>& t) {
-  const bool avx2 = use_avx2();
-  const auto terms = all_sample_terms(p);
-  finish(p,
-         for_each_tile(p, terms,
-                       [&](int64_t b, const SampleTerms& s, int64_t i, int64_t n) {
-                         const V* v = t.v + b * t.v_stride + i;
-                         const X* x = t.x + b * t.x_stride + i;
-                         const X* prev = t.in + b * t.in_stride + i;
-                         return avx2 ? avx2::residual_tile(s, v, x, prev, n) : generic::residual_tile(s, v, x, prev, n);
-                       }),
-         t.log_prob);
+  const auto score = use_avx2() ? &avx2::residual_tile<X, V> : &generic::residual_tile<X, V>;
+  finish(p, for_each_tile(p, [&](int64_t b, const SampleTerms& s, int64_t i, int64_t n) {
+    return score(s, t.v_at(b) + i, t.x_at(b) + i, t.in_at(b) + i, n);
+  }), t.log_prob);
 }
 
 template <class X, class V>
 void log_prob_backward_cpu(const StepProblem& p, const StepTensors<X, V>& t) {
-  const bool avx2 = use_avx2();
-  const auto terms = all_sample_terms(p);
-  for_each_tile(p, terms, [&](int64_t b, const SampleTerms& s, int64_t i, int64_t n) {
+  const auto grad = use_avx2() ? &avx2::grad_tile<X, V> : &generic::grad_tile<X, V>;
+  for_each_tile(p, [&](int64_t b, const SampleTerms& s, int64_t i, int64_t n) {
     const float factor = grad_factor(s, t.grad_log_prob[b], p.per_sample, p.sum_reduction);
-    const V* v = t.v + b * t.v_stride + i;
-    const X* x = t.x + b * t.x_stride + i;
-    const X* prev = t.in + b * t.in_stride + i;
-    V* grad = t.grad_out + b * t.grad_stride + i;
-    if (avx2)
-      avx2::grad_tile(s, factor, v, x, prev, grad, n);
-    else
-      generic::grad_tile(s, factor, v, x, prev, grad, n);
+    grad(s, factor, t.v_at(b) + i, t.x_at(b) + i, t.in_at(b) + i, t.grad_at(b) + i, n);
     return 0.0;
   });
 }
@@ -131,10 +103,7 @@ void log_prob_backward_cpu(const StepProblem& p, const StepTensors<X, V>& t) {
   template void step_forward_cpu<X, V>(const StepProblem&, const StepTensors<X, V>&);     \
   template void log_prob_forward_cpu<X, V>(const StepProblem&, const StepTensors<X, V>&); \
   template void log_prob_backward_cpu<X, V>(const StepProblem&, const StepTensors<X, V>&);
-DGH_INSTANTIATE(float, float)
-DGH_INSTANTIATE(float, bf16)
-DGH_INSTANTIATE(bf16, float)
-DGH_INSTANTIATE(bf16, bf16)
+DGH_FOR_EACH_STORAGE(DGH_INSTANTIATE)
 #undef DGH_INSTANTIATE
 
 }  // namespace dancegrpo

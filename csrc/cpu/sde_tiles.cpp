@@ -14,22 +14,31 @@ namespace {
 
 constexpr int64_t kChunk = 512;  // float accumulation length before adding into double
 
-template <bool kWriteMean, class X, class V>
-double step_loop(const SampleTerms& s, const V* v, const X* x, const X* noise, X* prev, X* mean, int64_t n) {
+// Sum over i < n of residual(i)^2: float inside a chunk (vectorised), double across chunks.
+template <class Residual>
+double sum_of_squares(int64_t n, Residual residual) {
   double total = 0.0;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int64_t stop = n < c + kChunk ? n : c + kChunk;
     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = c; i < stop; ++i) {
-      const Drawn<X> d = draw(s, x[i], v[i], noise[i]);
-      prev[i] = d.prev;
-      if (kWriteMean) mean[i] = store_as<X>(d.mean);
-      acc += d.residual * d.residual;
+      const float r = residual(i);
+      acc += r * r;
     }
     total += acc;
   }
   return total;
+}
+
+template <bool kWriteMean, class X, class V>
+double step_loop(const SampleTerms& s, const V* v, const X* x, const X* noise, X* prev, X* mean, int64_t n) {
+  return sum_of_squares(n, [&](int64_t i) {
+    const Drawn<X> d = draw(s, x[i], v[i], noise[i]);
+    prev[i] = d.prev;
+    if (kWriteMean) mean[i] = store_as<X>(d.mean);
+    return d.residual;
+  });
 }
 
 }  // namespace
@@ -41,18 +50,7 @@ double step_tile(const SampleTerms& s, const V* v, const X* x, const X* noise, X
 
 template <class X, class V>
 double residual_tile(const SampleTerms& s, const V* v, const X* x, const X* prev, int64_t n) {
-  double total = 0.0;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t stop = n < c + kChunk ? n : c + kChunk;
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = c; i < stop; ++i) {
-      const float r = residual(s, x[i], v[i], prev[i]);
-      acc += r * r;
-    }
-    total += acc;
-  }
-  return total;
+  return sum_of_squares(n, [&](int64_t i) { return residual(s, x[i], v[i], prev[i]); });
 }
 
 template <class X, class V>
@@ -65,10 +63,7 @@ void grad_tile(const SampleTerms& s, float factor, const V* v, const X* x, const
   template double step_tile<X, V>(const SampleTerms&, const V*, const X*, const X*, X*, X*, int64_t);        \
   template double residual_tile<X, V>(const SampleTerms&, const V*, const X*, const X*, int64_t);            \
   template void grad_tile<X, V>(const SampleTerms&, float, const V*, const X*, const X*, V*, int64_t);
-DGH_INSTANTIATE(float, float)
-DGH_INSTANTIATE(float, bf16)
-DGH_INSTANTIATE(bf16, float)
-DGH_INSTANTIATE(bf16, bf16)
+DGH_FOR_EACH_STORAGE(DGH_INSTANTIATE)
 #undef DGH_INSTANTIATE
 
 }  // namespace DGH_ISA

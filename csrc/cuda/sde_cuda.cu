@@ -48,9 +48,9 @@ template <class X, class V, bool kWriteMean>
 struct StepResidual {
   StepTensors<X, V> t;
   __device__ float operator()(const SampleTerms& s, int64_t b, int64_t i) const {
-    const Drawn<X> d = draw(s, t.x[b * t.x_stride + i], t.v[b * t.v_stride + i], t.in[b * t.in_stride + i]);
-    t.prev_out[b * t.prev_stride + i] = d.prev;
-    if (kWriteMean) t.mean_out[b * t.mean_stride + i] = store_as<X>(d.mean);
+    const Drawn<X> d = draw(s, t.x_at(b)[i], t.v_at(b)[i], t.in_at(b)[i]);
+    t.prev_at(b)[i] = d.prev;
+    if (kWriteMean) t.mean_at(b)[i] = store_as<X>(d.mean);
     return d.residual;
   }
 };
@@ -59,7 +59,7 @@ template <class X, class V>
 struct ScoreResidual {
   StepTensors<X, V> t;
   __device__ float operator()(const SampleTerms& s, int64_t b, int64_t i) const {
-    return residual(s, t.x[b * t.x_stride + i], t.v[b * t.v_stride + i], t.in[b * t.in_stride + i]);
+    return residual(s, t.x_at(b)[i], t.v_at(b)[i], t.in_at(b)[i]);
   }
 };
 
@@ -94,8 +94,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(StepProblem p, StepT
   const SampleTerms s = block_terms(p, b);
   const float factor = grad_factor(s, t.grad_log_prob[b], p.per_sample, p.sum_reduction);
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < p.per_sample; i += int64_t(gridDim.x) * kThreads)
-    t.grad_out[b * t.grad_stride + i] =
-        grad_wrt_v(s, factor, t.x[b * t.x_stride + i], t.v[b * t.v_stride + i], t.in[b * t.in_stride + i]);
+    t.grad_at(b)[i] = grad_wrt_v(s, factor, t.x_at(b)[i], t.v_at(b)[i], t.in_at(b)[i]);
 }
 
 template <class Residual>
@@ -136,10 +135,7 @@ int log_prob_backward_cuda(const StepProblem& p, const StepTensors<X, V>& t, voi
   template int step_forward_cuda<X, V>(const StepProblem&, const StepTensors<X, V>&, float*, void*);     \
   template int log_prob_forward_cuda<X, V>(const StepProblem&, const StepTensors<X, V>&, float*, void*); \
   template int log_prob_backward_cuda<X, V>(const StepProblem&, const StepTensors<X, V>&, void*);
-DGH_INSTANTIATE(float, float)
-DGH_INSTANTIATE(float, bf16)
-DGH_INSTANTIATE(bf16, float)
-DGH_INSTANTIATE(bf16, bf16)
+DGH_FOR_EACH_STORAGE(DGH_INSTANTIATE)
 #undef DGH_INSTANTIATE
 
 }  // namespace dancegrpo
