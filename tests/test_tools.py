@@ -1,6 +1,7 @@
 """The benchmark tool's JSON contract and the quick-start entry point (tiny sizes;
 timings are never asserted)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,3 +32,24 @@ def test_bench_kernels_json_contract():
 def test_check_sampling_cli():
     out = run("-m", "dancegrpo_hpc.cli", "check-sampling", "--samples", "20000")
     assert "6/6 samplers reproduce N(m, s^2)" in out
+
+
+def test_test_script_fails_when_no_test_runs():
+    """pytest's 'no tests ran' (exit 5) must not pass silently through tools/test.sh."""
+    out = subprocess.run(["bash", "tools/test.sh", "-q", "-k", "no_such_test_anywhere", "-p", "no:cacheprovider"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 5, out.stdout + out.stderr
+
+
+def test_torch_installer_refuses_cuda_builds_on_cpu_machines():
+    spec = importlib.util.spec_from_file_location("install_torch", os.path.join(ROOT, "tools", "install_torch.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def plan(*pairs):
+        return [{"metadata": {"name": n, "version": v}} for n, v in pairs]
+
+    assert mod.cuda_in_plan(plan(("torch", "2.13.0+cpu"), ("filelock", "3.0"))) == []
+    assert mod.cuda_in_plan(plan(("torch", "2.13.0"), ("nvidia-cublas", "13.0"), ("triton", "3.6"))) == [
+        "torch 2.13.0", "nvidia-cublas", "triton"]
+    assert mod.cuda_in_plan(plan(("filelock", "3.0"))) == []  # torch already satisfied: nothing to refuse

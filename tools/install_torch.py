@@ -22,16 +22,23 @@ def planned_install(spec: str) -> list:
         return json.load(open(report.name)).get("install", [])
 
 
+def cuda_in_plan(plan: list) -> list:
+    """What in a pip install plan (`--report` "install" list) marks a CUDA build of
+    torch: nvidia-* libraries, triton, or a torch whose version is not +cpu."""
+    versions = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in plan}
+    found = sorted(n for n in versions if n.startswith("nvidia-") or n == "triton")
+    if "torch" in versions and "+cpu" not in versions["torch"]:
+        found.insert(0, f"torch {versions['torch']}")
+    return found
+
+
 def main() -> int:
     if not has_nvidia_gpu():
-        plan = planned_install(PIN)
-        names = [item["metadata"]["name"].lower() for item in plan]
-        versions = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in plan}
-        cuda = [n for n in names if n.startswith("nvidia-") or n == "triton"]
-        if cuda or "+cpu" not in versions.get("torch", "+cpu"):
+        cuda = cuda_in_plan(planned_install(PIN))
+        if cuda:
             print(
                 f"install_torch: no NVIDIA GPU here, but `pip install {PIN}` would install a CUDA build "
-                f"({versions.get('torch')}, with {', '.join(cuda) or 'CUDA libraries'}). Install the CPU wheel first, e.g. "
+                f"({', '.join(cuda)}). Install the CPU wheel first, e.g. "
                 f"`pip install {PIN} --index-url https://download.pytorch.org/whl/cpu`, then re-run.",
                 file=sys.stderr,
             )

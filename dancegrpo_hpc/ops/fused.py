@@ -11,6 +11,7 @@ Set DANCEGRPO_FUSED=0 (before import) to force the pure-torch reference path eve
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -60,11 +61,18 @@ def fused_unavailable_reason() -> Optional[str]:
 
 def fused_supports(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels can take these tensors (dtype and device)."""
-    return (
-        fused_available()
-        and tensors[0].device.type in _KERNEL_DEVICES
-        and all(t.dtype in FUSED_DTYPES for t in tensors)
-    )
+    if not fused_available():
+        return False
+    device = tensors[0].device.type
+    if device not in _KERNEL_DEVICES:
+        if device == "cuda":
+            warnings.warn(
+                "dancegrpo_hpc: CUDA tensors, but the fused kernels were built without CUDA; using the slower "
+                "pure-torch path. Rebuild on a CUDA machine: DANCEGRPO_CUDA=1 pip install --no-build-isolation -e .",
+                stacklevel=3,
+            )
+        return False
+    return all(t.dtype in FUSED_DTYPES for t in tensors)
 
 
 def _op(kind: str, suffix: str):
