@@ -1,0 +1,103 @@
+"""Attention backends behind one signature: (q, k, v, mask, config, head_ids) -> out,
+all tensors [B, S, H, D] in the joint sequence's order (see mask.py).
+
+sdpa runs anywhere. flash (flash-attn), xformers and te (Transformer Engine)
+need CUDA and their package; they are imported when first used and fail with
+one clear line otherwise. The three packed backends drop invalid tokens and
+attend over each sample's valid tokens (varlen), which is the same function as
+the masked dense attention for every valid query; outputs at invalid positions
+(padding, never read downstream) are zero.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..checks import InputError
+from .mask import JointMask
+
+
+def sdpa(q, k, v, mask: JointMask, config, head_ids=None):
+    attn_mask = None if mask.all_valid() else mask.key_valid(q.shape[0], q.device)[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
+    return out.transpose(1, 2)
+
+
+def _require(module: str, backend: str, extra: str = "gpu"):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:
+        raise InputError(
+            f"attention backend {backend!r} needs the {module.split('.')[0]} package and a CUDA GPU ({exc}); "
+            f"install it (pip install 'dancegrpo-hpc[{extra}]') or use attention backend 'sdpa'"
+        ) from None
+
+
+def _require_cuda(q, backend: str):
+    if q.device.type != "cuda":
+        raise InputError(f"attention backend {backend!r} runs on CUDA tensors only; got {q.device}. Use 'sdpa' on CPU")
+
+
+class Packed:
+    """The valid tokens of a batch laid end to end (varlen layout)."""
+
+    def __init__(self, mask: JointMask, batch: int, device):
+        valid = mask.key_valid(batch, device)
+        self.index = valid.reshape(-1).nonzero().squeeze(1)
+        lengths = valid.sum(dim=1, dtype=torch.int32)
+        self.cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        self.max_len = int(lengths.max())
+        self.shape = (batch, mask.length)
+
+    def pack(self, x):
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, y):
+        out = y.new_zeros(self.shape[0] * self.shape[1], *y.shape[1:])
+        return out.index_copy(0, self.index, y).view(*self.shape, *y.shape[1:])
+
+
+def flash(q, k, v, mask: JointMask, config, head_ids=None):
+    fa = _require("flash_attn", "flash")
+    _require_cuda(q, "flash")
+    p = Packed(mask, q.shape[0], q.device)
+    out = fa.flash_attn_varlen_func(p.pack(q), p.pack(k), p.pack(v), p.cu_seqlens, p.cu_seqlens, p.max_len, p.max_len)
+    return p.unpack(out)
+
+
+def xformers(q, k, v, mask: JointMask, config, head_ids=None):
+    xops = _require("xformers.ops", "xformers")
+    _require_cuda(q, "xformers")
+    p = Packed(mask, q.shape[0], q.device)
+    lengths = (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).tolist()
+    bias = xops.fmha.attn_bias.BlockDiagonalMask.from_seqlens(lengths)
+    out = xops.memory_efficient_attention(p.pack(q)[None], p.pack(k)[None], p.pack(v)[None], attn_bias=bias)
+    return p.unpack(out[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _te_module(heads: int, head_dim: int):
+    te = _require("transformer_engine.pytorch", "te")
+    return te.DotProductAttention(heads, head_dim, attention_dropout=0.0, qkv_format="thd", attn_mask_type="padding")
+
+
+def te(q, k, v, mask: JointMask, config, head_ids=None):
+    _require_cuda(q, "te")
+    module = _te_module(q.shape[2], q.shape[3])
+    p = Packed(mask, q.shape[0], q.device)
+    out = module(p.pack(q), p.pack(k), p.pack(v), cu_seqlens_q=p.cu_seqlens, cu_seqlens_kv=p.cu_seqlens,
+                 max_seqlen_q=p.max_len, max_seqlen_kv=p.max_len)
+    return p.unpack(out.view(-1, q.shape[2], q.shape[3]))
+
+
+def _sliding_tile(q, k, v, mask, config, head_ids=None):
+    from .sliding_tile import sliding_tile_attention
+
+    return sliding_tile_attention(q, k, v, mask, config, head_ids)
+
+
+BACKENDS: Dict[str, Callable] = {"sdpa": sdpa, "flash": flash, "xformers": xformers, "te": te, "sliding_tile": _sliding_tile}

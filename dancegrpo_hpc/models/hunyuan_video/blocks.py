@@ -1,0 +1,218 @@
+"""Transformer blocks of the HunyuanVideo DiT: dual-stream (separate video and text
+weights, joint attention), single-stream (one set of weights over the joint
+sequence, attention and MLP in parallel) and the text token refiner's block.
+
+Tensor parallel plan (megatron-core linears): q/k/v (fused), add_q/k/v (fused), MLP
+fc1 and the single block's [q | k | v | mlp-in] (fused) are column-parallel; the
+output projections and MLP fc2 are row-parallel. In a dual-stream block the video
+and text partial sums of each half are reduced together (one collective per half);
+the single block's output projection is a packed [attention | mlp] row split, one
+collective per block. Communication goes through ctx.router; the blocks are math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...attention import AttentionConfig, JointMask, attention
+from ...distributed.sequence import TokenRouter, deinterleave, interleave
+from .layers import RMSNorm, apply_rope, gated, modulate
+
+
+@dataclass
+class ForwardContext:
+    """What the blocks need to know about one forward pass."""
+
+    router: TokenRouter
+    mask: JointMask
+    attention: AttentionConfig
+    rope: Tuple[torch.Tensor, torch.Tensor]  # cos, sin for this rank's Ulysses chunk of video tokens
+    video_chunk: int  # video tokens in this rank's Ulysses chunk (padded stream / ulysses)
+    text_chunk: int
+    head_ids: torch.Tensor  # global indices of the heads attended on this rank
+    first_frame: Optional[torch.Tensor] = None  # [video piece] bool, token_replace only
+
+    def attend(self, q_v, k_v, v_v, q_t, k_t, v_t) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Joint attention. Inputs [chunk, B, H_local, D] (this rank's Ulysses chunk of
+        each stream, its TP heads); outputs the same layout for video and text."""
+        r, u = self.router, self.router.ulysses
+        sizes = [self.video_chunk, self.text_chunk]
+        joint = []
+        for video, text in ((q_v, q_t), (k_v, k_t), (v_v, v_t)):
+            x = r.seq_to_heads(torch.cat([video, text], dim=0))
+            joint.append(torch.cat(deinterleave(x, sizes, u), dim=0).transpose(0, 1))  # [B, S, h, D]
+        out = attention(joint[0], joint[1], joint[2], self.mask, self.attention, self.head_ids).transpose(0, 1)
+        video, text = out.split([self.mask.video_span, self.mask.text_tokens], dim=0)
+        back = r.heads_to_seq(interleave([video, text], u))
+        out_v, out_t = back.split(sizes, dim=0)
+        return out_v, out_t
+
+    def per_token(self, first_frame_value: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
+        """Token replace: first-frame video tokens take their own modulation."""
+        if first_frame_value is None:
+            return value
+        return torch.where(self.first_frame[:, None, None], first_frame_value.unsqueeze(0), value.unsqueeze(0))
+
+
+class Modulation(nn.Module):
+    """AdaLN modulation: linear(silu(emb)) split into `chunks` [B, D] vectors. The
+    linear is replicated, or column-parallel with a gathered output (adaln="column")."""
+
+    def __init__(self, dim: int, chunks: int, build):
+        super().__init__()
+        self.chunks = chunks
+        if build.adaln == "column":
+            self.linear = build.plain.column(dim, chunks * dim, gather_output=True)
+        else:
+            self.linear = nn.Linear(dim, chunks * dim)
+
+    def forward(self, emb: torch.Tensor, ctx: ForwardContext) -> List[torch.Tensor]:
+        out = ctx.router.sync_replicated(self.linear(F.silu(emb)))
+        return list(out.chunk(self.chunks, dim=-1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, build, partial: bool):
+        super().__init__()
+        factory = build.linear if partial else build.plain
+        self.fc1 = factory.column(dim, hidden)
+        self.fc2 = build.linear.partial_row(hidden, dim) if partial else build.plain.row(hidden, dim)
+
+
+def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x.unflatten(-1, (-1, head_dim))
+
+
+def qkv_heads(x: torch.Tensor, head_dim: int, norm_q: nn.Module, norm_k: nn.Module, rope=None):
+    """Column output [S, B, 3 * H * D] (this rank's heads) -> normed, rotated q, k and v."""
+    q, k, v = heads(x, head_dim).chunk(3, dim=2)
+    q, k = norm_q(q), norm_k(k)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    return q, k, v
+
+
+def mark_tp_partial(module: nn.Module, tp: int) -> None:
+    """Replicated weights that only see this rank's heads get partial gradients over
+    the TP group; megatron's `sequence_parallel` flag marks such parameters."""
+    if tp > 1:
+        for p in module.parameters():
+            setattr(p, "sequence_parallel", True)
+
+
+class DualStreamBlock(nn.Module):
+    def __init__(self, cfg, build):
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.attention_head_dim
+        self.head_dim = hd
+        self.token_replace = cfg.image_condition_type == "token_replace"
+        self.norm1 = Modulation(d, 6, build)
+        self.norm1_context = Modulation(d, 6, build)
+        self.attn = nn.Module()
+        self.attn.to_qkv = build.linear.column(d, 3 * d)
+        self.attn.add_qkv = build.linear.column(d, 3 * d)
+        for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            norm = RMSNorm(hd)
+            mark_tp_partial(norm, build.tp)
+            setattr(self.attn, name, norm)
+        self.attn.to_out = build.linear.partial_row(d, d)
+        self.attn.to_add_out = build.linear.partial_row(d, d)
+        self.ff = FeedForward(d, cfg.mlp_hidden, build, partial=True)
+        self.ff_context = FeedForward(d, cfg.mlp_hidden, build, partial=True)
+
+    def _video_mods(self, temb, tr_emb, ctx):
+        mods = self.norm1(temb, ctx)
+        if not self.token_replace:
+            return mods
+        tr = self.norm1(tr_emb, ctx)
+        return [ctx.per_token(a, b) for a, b in zip(tr, mods)]
+
+    def forward(self, video, text, temb, tr_emb, ctx: ForwardContext):
+        shift, scale, gate, shift2, scale2, gate2 = self._video_mods(temb, tr_emb, ctx)
+        c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = self.norm1_context(temb, ctx)
+        a = self.attn
+        q_v, k_v, v_v = qkv_heads(a.to_qkv(modulate(video, shift, scale)), self.head_dim, a.norm_q, a.norm_k, ctx.rope)
+        q_t, k_t, v_t = qkv_heads(a.add_qkv(modulate(text, c_shift, c_scale)), self.head_dim, a.norm_added_q, a.norm_added_k)
+        out_v, out_t = ctx.attend(q_v, k_v, v_v, q_t, k_t, v_t)
+        attn_v, attn_t = ctx.router.reduce([a.to_out.partial(out_v.flatten(2)), a.to_add_out.partial(out_t.flatten(2))])
+        video = video + gated(attn_v + a.to_out.bias, gate)
+        text = text + gated(attn_t + a.to_add_out.bias, c_gate)
+
+        h_v = F.gelu(self.ff.fc1(modulate(video, shift2, scale2)), approximate="tanh")
+        h_t = F.gelu(self.ff_context.fc1(modulate(text, c_shift2, c_scale2)), approximate="tanh")
+        mlp_v, mlp_t = ctx.router.reduce([self.ff.fc2.partial(h_v), self.ff_context.fc2.partial(h_t)])
+        video = video + gated(mlp_v + self.ff.fc2.bias, gate2)
+        text = text + gated(mlp_t + self.ff_context.fc2.bias, c_gate2)
+        return video, text
+
+
+class SingleStreamBlock(nn.Module):
+    def __init__(self, cfg, build):
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.attention_head_dim
+        self.head_dim = hd
+        self.token_replace = cfg.image_condition_type == "token_replace"
+        self.qkv_width = 3 * d // build.tp  # this rank's q/k/v columns of qkv_mlp
+        self.norm = Modulation(d, 3, build)
+        self.qkv_mlp = build.linear.column(d, 3 * d + cfg.mlp_hidden)
+        self.attn = nn.Module()
+        self.attn.norm_q, self.attn.norm_k = RMSNorm(hd), RMSNorm(hd)
+        mark_tp_partial(self.attn, build.tp)
+        self.proj_out = build.linear.row(d + cfg.mlp_hidden, d)
+
+    def forward(self, video, text, temb, tr_emb, ctx: ForwardContext):
+        shift, scale, gate = self.norm(temb, ctx)
+        n_video = video.shape[0]
+        if self.token_replace:
+            tr_shift, tr_scale, tr_gate = self.norm(tr_emb, ctx)
+            normed = torch.cat([modulate(video, ctx.per_token(tr_shift, shift), ctx.per_token(tr_scale, scale)),
+                                modulate(text, shift, scale)], dim=0)
+        else:
+            normed = modulate(torch.cat([video, text], dim=0), shift, scale)
+        fused = self.qkv_mlp(normed)  # gathered pieces [v_0, t_0, v_1, t_1, ...] under SP
+        qkv, mlp = fused.split([self.qkv_width, fused.shape[-1] - self.qkv_width], dim=-1)
+        groups = ctx.router.gather_groups
+        qkv_v, qkv_t = deinterleave(qkv, [n_video, text.shape[0]], groups)
+        q_v, k_v, v_v = qkv_heads(qkv_v, self.head_dim, self.attn.norm_q, self.attn.norm_k, ctx.rope)
+        q_t, k_t, v_t = qkv_heads(qkv_t, self.head_dim, self.attn.norm_q, self.attn.norm_k)
+        out_v, out_t = ctx.attend(q_v, k_v, v_v, q_t, k_t, v_t)
+        attn = interleave([out_v.flatten(2), out_t.flatten(2)], groups)
+        out = self.proj_out(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1))
+        out_v, out_t = out.split([n_video, text.shape[0]], dim=0)
+        if self.token_replace:
+            out_v = gated(out_v, ctx.per_token(tr_gate, gate))
+        else:
+            out_v = gated(out_v, gate)
+        return video + out_v, text + gated(out_t, gate)
+
+
+class RefinerBlock(nn.Module):
+    """Token refiner block (text only, tensor parallel without sequence parallelism)."""
+
+    def __init__(self, cfg, build):
+        super().__init__()
+        d = cfg.hidden_size
+        self.head_dim = cfg.attention_head_dim
+        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.attn = nn.Module()
+        self.attn.to_qkv = build.plain.column(d, 3 * d)
+        self.attn.to_out = build.plain.row(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.ff = FeedForward(d, cfg.mlp_hidden, build, partial=False)
+        self.norm_out = nn.Module()
+        self.norm_out.linear = nn.Linear(d, 2 * d)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, pair_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x [L, B, D]; pair_mask [B, 1, L, L] bool."""
+        q, k, v = heads(self.attn.to_qkv(self.norm1(x)), self.head_dim).chunk(3, dim=2)
+        out = F.scaled_dot_product_attention(*(t.permute(1, 2, 0, 3) for t in (q, k, v)), attn_mask=pair_mask)
+        out = self.attn.to_out(out.permute(2, 0, 1, 3).flatten(2))
+        gate_msa, gate_mlp = self.norm_out.linear(F.silu(temb)).chunk(2, dim=-1)
+        x = x + gated(out, gate_msa)
+        return x + gated(self.ff.fc2(F.silu(self.ff.fc1(self.norm2(x)))), gate_mlp)
+

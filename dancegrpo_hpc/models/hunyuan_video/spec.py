@@ -1,0 +1,151 @@
+"""Layer specs: which classes build the tensor-parallel linears of the DiT.
+
+"local": megatron-core's ColumnParallelLinear / RowParallelLinear (any device).
+"transformer_engine": megatron-core's Transformer Engine extension classes, with
+FP8 through te.fp8_autocast around each forward (recipe "delayed", "current" or
+"block", amax reduced over the TP x DP x Ulysses group). It is imported only when
+asked for; on a machine without transformer-engine or CUDA it fails with one line.
+
+Every linear returns a plain tensor (megatron's (output, bias) pairs are summed).
+A "partial" row-parallel linear returns its un-reduced matmul, so a block can sum
+several of them in one collective (TokenRouter.reduce) and add the biases after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from megatron.core import tensor_parallel
+from megatron.core.model_parallel_config import ModelParallelConfig
+
+from ...checks import InputError, check_choice
+
+SPECS = ("local", "transformer_engine")
+FP8_RECIPES = ("delayed", "current", "block")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str = "local"
+    fp8: Optional[str] = None  # None, or an FP8 recipe (transformer_engine only)
+
+    def validate(self) -> None:
+        check_choice("layer spec", "name", self.name, SPECS)
+        if self.fp8 is not None:
+            check_choice("layer spec", "fp8", self.fp8, FP8_RECIPES)
+            if self.name != "transformer_engine":
+                raise InputError("layer spec: fp8 needs layer spec 'transformer_engine'; set spec name accordingly or fp8=None")
+        if self.name == "transformer_engine":
+            _te_extension()
+
+
+def _te_extension():
+    try:
+        import transformer_engine  # noqa: F401
+        from megatron.core.extensions import transformer_engine as te_ext
+    except ImportError as exc:
+        raise InputError(
+            f"layer spec 'transformer_engine' needs transformer-engine and a CUDA GPU ({exc}); install "
+            "'dancegrpo-hpc[gpu]' on a GPU machine, or use layer spec 'local'"
+        ) from None
+    if not torch.cuda.is_available():
+        raise InputError("layer spec 'transformer_engine' needs a CUDA GPU; use layer spec 'local' on CPU")
+    return te_ext
+
+
+_SINGLE_OUTPUT = {}
+
+
+def single_output(base: type) -> type:
+    """Subclass of a megatron linear whose forward returns one tensor, bias added
+    (megatron returns (output, bias)); parameter names stay those of the base."""
+    if base not in _SINGLE_OUTPUT:
+        def forward(self, x):
+            out, bias = base.forward(self, x)
+            return out if bias is None else out + bias
+
+        _SINGLE_OUTPUT[base] = type(base.__name__, (base,), {"forward": forward, "__module__": __name__})
+    return _SINGLE_OUTPUT[base]
+
+
+class PartialRowParallelLinear(tensor_parallel.RowParallelLinear):
+    """RowParallelLinear whose partial() skips the reduction and the bias: the caller
+    reduces several partial sums at once and adds the bias afterwards."""
+
+    def partial(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_impl(input=x, weight=self.weight, bias=None,
+                                  gradient_accumulation_fusion=self.gradient_accumulation_fusion,
+                                  allreduce_dgrad=False, sequence_parallel=False, tp_group=None,
+                                  grad_output_buffer=None)
+
+
+class LinearFactory:
+    """Builds the linears of one model for a spec and a megatron ModelParallelConfig."""
+
+    def __init__(self, spec: LayerSpec, config: ModelParallelConfig, init_method=None):
+        self.spec, self.config = spec, config
+        self.init = init_method or (lambda w: torch.nn.init.normal_(w, std=0.02))
+        self.te = _te_extension() if spec.name == "transformer_engine" else None
+
+    def column(self, in_features: int, out_features: int, gather_output: bool = False, config=None) -> nn.Module:
+        cfg = config or self.config
+        if self.te is not None and not gather_output:
+            return single_output(self.te.TEColumnParallelLinear)(
+                in_features, out_features, config=cfg, init_method=self.init, gather_output=False, bias=True,
+                skip_bias_add=False, is_expert=False)
+        return single_output(tensor_parallel.ColumnParallelLinear)(
+            in_features, out_features, config=cfg, init_method=self.init, bias=True, gather_output=gather_output)
+
+    def row(self, in_features: int, out_features: int, config=None) -> nn.Module:
+        cfg = config or self.config
+        if self.te is not None:
+            return single_output(self.te.TERowParallelLinear)(
+                in_features, out_features, config=cfg, init_method=self.init, bias=True, input_is_parallel=True,
+                skip_bias_add=False, is_expert=False)
+        return single_output(tensor_parallel.RowParallelLinear)(
+            in_features, out_features, config=cfg, init_method=self.init, bias=True, input_is_parallel=True,
+            skip_bias_add=False)
+
+    def partial_row(self, in_features: int, out_features: int) -> nn.Module:
+        """Row-parallel linear for TokenRouter.reduce: .partial(x) and a replicated .bias."""
+        if self.te is not None:
+            return _TEPartialRow(self.te, in_features, out_features, self.config, self.init)
+        return PartialRowParallelLinear(in_features, out_features, config=self.config, init_method=self.init,
+                                        bias=True, input_is_parallel=True, skip_bias_add=True)
+
+    def fp8_context(self, amax_group=None):
+        """The autocast to run a forward in (FP8 with the spec's recipe, or nothing)."""
+        if self.spec.fp8 is None:
+            return contextlib.nullcontext()
+        import transformer_engine.pytorch as te
+        from transformer_engine.common import recipe
+
+        recipes = {"delayed": recipe.DelayedScaling, "current": recipe.Float8CurrentScaling,
+                   "block": recipe.Float8BlockScaling}
+        return te.fp8_autocast(enabled=True, fp8_recipe=recipes[self.spec.fp8](), fp8_group=amax_group)
+
+
+class _TEPartialRow(nn.Module):
+    """A Transformer Engine GEMM over this rank's input shard (no communication), so FP8
+    covers the partial products too; the bias stays replicated and is added after the
+    reduction (marked sequence_parallel like megatron's row-parallel bias)."""
+
+    def __init__(self, te_ext, in_features, out_features, config, init):
+        super().__init__()
+        from megatron.core import parallel_state
+
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.gemm = te_ext.TELinear(in_features // tp, out_features, parallel_mode="duplicated", config=config,
+                                    init_method=init, bias=False, skip_bias_add=True, skip_weight_param_allocation=False,
+                                    tp_comm_buffer_name=None, is_expert=False)
+        self.weight = self.gemm.weight
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=config.params_dtype))
+        setattr(self.bias, "sequence_parallel", config.sequence_parallel)
+
+    def partial(self, x):
+        out, _ = self.gemm(x)
+        return out
