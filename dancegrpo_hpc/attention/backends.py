@@ -21,10 +21,26 @@ from ..checks import InputError
 from .mask import JointMask
 
 
+def _sdpa(q, k, v, attn_mask=None):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          attn_mask=attn_mask).transpose(1, 2)
+
+
 def sdpa(q, k, v, mask: JointMask, config, head_ids=None):
-    attn_mask = None if mask.all_valid() else mask.key_valid(q.shape[0], q.device)[:, None, None, :]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
-    return out.transpose(1, 2)
+    """When each sample's valid keys are a prefix of its sequence, runs of consecutive
+    samples with the same prefix attend over it without any mask (the same function
+    as the masked attention, without the mask's cost or the padded keys). GRPO groups
+    share a prompt, so a rollout batch is usually a single run."""
+    prefixes = mask.key_prefixes()
+    if prefixes is None:
+        return _sdpa(q, k, v, mask.key_valid(q.shape[0], q.device)[:, None, None, :])
+    outs, start = [], 0
+    for end in range(1, len(prefixes) + 1):
+        if end == len(prefixes) or prefixes[end] != prefixes[start]:
+            n = prefixes[start]
+            outs.append(_sdpa(q[start:end], k[start:end, :n], v[start:end, :n]))
+            start = end
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
 def _require(module: str, backend: str, extra: str = "gpu"):

@@ -8,7 +8,7 @@ the video padding and each sample's text padding; queries see every valid key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -21,6 +21,7 @@ class JointMask:
     text_tokens: int  # text tokens including text padding
     text_lengths: Optional[torch.Tensor]  # [B] valid text tokens per sample; None = all valid
     grid: Tuple[int, int, int]  # (frames, height, width) of the video token grid
+    _prefixes: Optional[Tuple[int, ...]] = field(default=None, repr=False, compare=False)
 
     @property
     def video_span(self) -> int:
@@ -29,6 +30,19 @@ class JointMask:
     @property
     def length(self) -> int:
         return self.video_span + self.text_tokens
+
+    def key_prefixes(self) -> Optional[Tuple[int, ...]]:
+        """Per sample, the length of its valid keys when they form a prefix of the
+        sequence (no video padding; text padding only at the end), else None. Read once
+        per forward pass (a host sync on GPU) and cached."""
+        if self.video_padding:
+            return None
+        if self._prefixes is None:
+            if self.text_lengths is None:
+                self._prefixes = (self.length,)
+            else:
+                self._prefixes = tuple(self.video_span + int(n) for n in self.text_lengths.tolist())
+        return self._prefixes
 
     def all_valid(self) -> bool:
         """No invalid key at all: backends may run unmasked."""

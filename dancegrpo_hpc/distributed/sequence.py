@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from megatron.core.tensor_parallel import mappings
 
 from .parallel import ParallelContext
@@ -77,19 +78,22 @@ class TokenRouter:
         """How many pieces a column-parallel linear's (SP) gather puts side by side."""
         return self.tp if self.sp else 1
 
-    def reduce(self, partials: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """One reduction for several row-parallel partial sums (e.g. the video and text
-        output projections of a dual-stream block): all-reduce, or reduce-scatter back to
-        this rank's pieces under SP. Inputs are whole Ulysses-chunk streams."""
+    def project(self, pairs: Sequence[Tuple[torch.nn.Module, torch.Tensor]]) -> List[torch.Tensor]:
+        """Row-parallel projections (layer, input) reduced in one collective (e.g. the
+        video and text output projections of a dual-stream block): their partial sums
+        are all-reduced together, or reduce-scattered back to this rank's pieces under
+        SP, then the biases are added. Inputs are whole Ulysses-chunk streams. With one
+        TP rank it is a plain linear with fused bias."""
         if self.tp == 1:
-            return list(partials)
+            return [F.linear(x, layer.weight, layer.bias) for layer, x in pairs]
+        partials = [layer.partial(x) for layer, x in pairs]
         sizes = [p.shape[0] // self.gather_groups for p in partials]
         joint = interleave(partials, self.gather_groups)
         if self.sp:
             joint = mappings.reduce_scatter_to_sequence_parallel_region(joint, group=self.ctx.tp_group)
-            return list(joint.split(sizes, dim=0))
-        joint = mappings.reduce_from_tensor_model_parallel_region(joint, group=self.ctx.tp_group)
-        return list(joint.split(sizes, dim=0))
+        else:
+            joint = mappings.reduce_from_tensor_model_parallel_region(joint, group=self.ctx.tp_group)
+        return [out + layer.bias for out, (layer, _) in zip(joint.split(sizes, dim=0), pairs)]
 
     # ---- Ulysses ------------------------------------------------------------------------
     def seq_to_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,6 +126,3 @@ def pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
         return x
     return torch.cat([x, x.new_zeros(length - x.shape[0], *x.shape[1:])], dim=0)
 
-
-def shard_sizes(video: int, text: int, shards: int) -> Tuple[int, int]:
-    return video // shards, text // shards

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ...attention import AttentionConfig, JointMask, attention
 from ...distributed.sequence import TokenRouter, deinterleave, interleave
-from .layers import RMSNorm, apply_rope, gated, modulate
+from .layers import RMSNorm, add_gated, apply_rope, gelu_tanh, modulate
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ForwardContext:
     router: TokenRouter
     mask: JointMask
     attention: AttentionConfig
-    rope: Tuple[torch.Tensor, torch.Tensor]  # cos, sin for this rank's Ulysses chunk of video tokens
+    rope: torch.Tensor  # rotations [video chunk, head_dim / 2] (complex) for this rank's Ulysses chunk
     video_chunk: int  # video tokens in this rank's Ulysses chunk (padded stream / ulysses)
     text_chunk: int
     head_ids: torch.Tensor  # global indices of the heads attended on this rank
@@ -39,17 +39,39 @@ class ForwardContext:
 
     def attend(self, q_v, k_v, v_v, q_t, k_t, v_t) -> Tuple[torch.Tensor, torch.Tensor]:
         """Joint attention. Inputs [chunk, B, H_local, D] (this rank's Ulysses chunk of
-        each stream, its TP heads); outputs the same layout for video and text."""
-        r, u = self.router, self.router.ulysses
-        sizes = [self.video_chunk, self.text_chunk]
-        joint = []
-        for video, text in ((q_v, q_t), (k_v, k_t), (v_v, v_t)):
-            x = r.seq_to_heads(torch.cat([video, text], dim=0))
-            joint.append(torch.cat(deinterleave(x, sizes, u), dim=0).transpose(0, 1))  # [B, S, h, D]
-        out = attention(joint[0], joint[1], joint[2], self.mask, self.attention, self.head_ids).transpose(0, 1)
-        video, text = out.split([self.mask.video_span, self.mask.text_tokens], dim=0)
-        back = r.heads_to_seq(interleave([video, text], u))
-        out_v, out_t = back.split(sizes, dim=0)
+        each stream, its TP heads); returns the video and text outputs, same layout."""
+        return self._from_canonical(self._attention(q_v, k_v, v_v, q_t, k_t, v_t))
+
+    def attend_joint(self, q_v, k_v, v_v, q_t, k_t, v_t) -> torch.Tensor:
+        """Joint attention returning [video; text] in the order a column-parallel gather
+        produced them (what a single block's packed output projection consumes)."""
+        out = self._attention(q_v, k_v, v_v, q_t, k_t, v_t)
+        if self.router.ulysses == 1 and self.router.gather_groups == 1:
+            return out  # already [video; text]
+        return interleave(list(self._from_canonical(out)), self.router.gather_groups)
+
+    def _attention(self, q_v, k_v, v_v, q_t, k_t, v_t) -> torch.Tensor:
+        q, k, v = (self._to_canonical(a, b) for a, b in ((q_v, q_t), (k_v, k_t), (v_v, v_t)))
+        return attention(q, k, v, self.mask, self.attention, self.head_ids).transpose(0, 1)
+
+    def _to_canonical(self, video, text) -> torch.Tensor:
+        """This rank's chunks -> [B, S, h, D] over the whole [video | padding | text] sequence,
+        batch-first in memory (CPU SDPA runs ~10% slower on sequence-first strides)."""
+        u = self.router.ulysses
+        if u > 1:
+            joint = self.router.seq_to_heads(torch.cat([video, text], dim=0))
+            parts = deinterleave(joint, [self.video_chunk, self.text_chunk], u)
+        else:
+            parts = [video, text]
+        return torch.cat([p.transpose(0, 1) for p in parts], dim=1)
+
+    def _from_canonical(self, out) -> Tuple[torch.Tensor, torch.Tensor]:
+        """[S, B, h, D] canonical -> this rank's (video chunk, text chunk), all local heads."""
+        u = self.router.ulysses
+        if u > 1:
+            video, text = out.split([self.mask.video_span, self.mask.text_tokens], dim=0)
+            out = self.router.heads_to_seq(interleave([video, text], u))
+        out_v, out_t = out.split([self.video_chunk, self.text_chunk], dim=0)
         return out_v, out_t
 
     def per_token(self, first_frame_value: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
@@ -88,12 +110,12 @@ def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.unflatten(-1, (-1, head_dim))
 
 
-def qkv_heads(x: torch.Tensor, head_dim: int, norm_q: nn.Module, norm_k: nn.Module, rope=None):
-    """Column output [S, B, 3 * H * D] (this rank's heads) -> normed, rotated q, k and v."""
-    q, k, v = heads(x, head_dim).chunk(3, dim=2)
+def qkv_heads(qkv, head_dim: int, norm_q: nn.Module, norm_k: nn.Module, rope=None):
+    """q, k, v projections [S, B, H * D] (this rank's heads) -> normed, rotated [S, B, H, D]."""
+    q, k, v = (heads(t, head_dim) for t in qkv)
     q, k = norm_q(q), norm_k(k)
     if rope is not None:
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
     return q, k, v
 
 
@@ -110,6 +132,7 @@ class DualStreamBlock(nn.Module):
         super().__init__()
         d, hd = cfg.hidden_size, cfg.attention_head_dim
         self.head_dim = hd
+        self.qkv_widths = [d // build.tp] * 3
         self.token_replace = cfg.image_condition_type == "token_replace"
         self.norm1 = Modulation(d, 6, build)
         self.norm1_context = Modulation(d, 6, build)
@@ -136,19 +159,18 @@ class DualStreamBlock(nn.Module):
         shift, scale, gate, shift2, scale2, gate2 = self._video_mods(temb, tr_emb, ctx)
         c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = self.norm1_context(temb, ctx)
         a = self.attn
-        q_v, k_v, v_v = qkv_heads(a.to_qkv(modulate(video, shift, scale)), self.head_dim, a.norm_q, a.norm_k, ctx.rope)
-        q_t, k_t, v_t = qkv_heads(a.add_qkv(modulate(text, c_shift, c_scale)), self.head_dim, a.norm_added_q, a.norm_added_k)
+        q_v, k_v, v_v = qkv_heads(a.to_qkv.forward_split(modulate(video, shift, scale), self.qkv_widths), self.head_dim,
+                                  a.norm_q, a.norm_k, ctx.rope)
+        q_t, k_t, v_t = qkv_heads(a.add_qkv.forward_split(modulate(text, c_shift, c_scale), self.qkv_widths),
+                                  self.head_dim, a.norm_added_q, a.norm_added_k)
         out_v, out_t = ctx.attend(q_v, k_v, v_v, q_t, k_t, v_t)
-        attn_v, attn_t = ctx.router.reduce([a.to_out.partial(out_v.flatten(2)), a.to_add_out.partial(out_t.flatten(2))])
-        video = video + gated(attn_v + a.to_out.bias, gate)
-        text = text + gated(attn_t + a.to_add_out.bias, c_gate)
+        attn_v, attn_t = ctx.router.project([(a.to_out, out_v.flatten(2)), (a.to_add_out, out_t.flatten(2))])
+        video, text = add_gated(video, attn_v, gate), add_gated(text, attn_t, c_gate)
 
-        h_v = F.gelu(self.ff.fc1(modulate(video, shift2, scale2)), approximate="tanh")
-        h_t = F.gelu(self.ff_context.fc1(modulate(text, c_shift2, c_scale2)), approximate="tanh")
-        mlp_v, mlp_t = ctx.router.reduce([self.ff.fc2.partial(h_v), self.ff_context.fc2.partial(h_t)])
-        video = video + gated(mlp_v + self.ff.fc2.bias, gate2)
-        text = text + gated(mlp_t + self.ff_context.fc2.bias, c_gate2)
-        return video, text
+        h_v = gelu_tanh(self.ff.fc1(modulate(video, shift2, scale2)))
+        h_t = gelu_tanh(self.ff_context.fc1(modulate(text, c_shift2, c_scale2)))
+        mlp_v, mlp_t = ctx.router.project([(self.ff.fc2, h_v), (self.ff_context.fc2, h_t)])
+        return add_gated(video, mlp_v, gate2), add_gated(text, mlp_t, c_gate2)
 
 
 class SingleStreamBlock(nn.Module):
@@ -157,7 +179,7 @@ class SingleStreamBlock(nn.Module):
         d, hd = cfg.hidden_size, cfg.attention_head_dim
         self.head_dim = hd
         self.token_replace = cfg.image_condition_type == "token_replace"
-        self.qkv_width = 3 * d // build.tp  # this rank's q/k/v columns of qkv_mlp
+        self.widths = [d // build.tp] * 3 + [cfg.mlp_hidden // build.tp]  # this rank's q, k, v and mlp-in columns
         self.norm = Modulation(d, 3, build)
         self.qkv_mlp = build.linear.column(d, 3 * d + cfg.mlp_hidden)
         self.attn = nn.Module()
@@ -174,21 +196,16 @@ class SingleStreamBlock(nn.Module):
                                 modulate(text, shift, scale)], dim=0)
         else:
             normed = modulate(torch.cat([video, text], dim=0), shift, scale)
-        fused = self.qkv_mlp(normed)  # gathered pieces [v_0, t_0, v_1, t_1, ...] under SP
-        qkv, mlp = fused.split([self.qkv_width, fused.shape[-1] - self.qkv_width], dim=-1)
-        groups = ctx.router.gather_groups
-        qkv_v, qkv_t = deinterleave(qkv, [n_video, text.shape[0]], groups)
-        q_v, k_v, v_v = qkv_heads(qkv_v, self.head_dim, self.attn.norm_q, self.attn.norm_k, ctx.rope)
-        q_t, k_t, v_t = qkv_heads(qkv_t, self.head_dim, self.attn.norm_q, self.attn.norm_k)
-        out_v, out_t = ctx.attend(q_v, k_v, v_v, q_t, k_t, v_t)
-        attn = interleave([out_v.flatten(2), out_t.flatten(2)], groups)
-        out = self.proj_out(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1))
+        *qkv, mlp = self.qkv_mlp.forward_split(normed, self.widths)  # gathered [v_0, t_0, v_1, t_1, ...] under SP
+        sizes, groups = [n_video, text.shape[0]], ctx.router.gather_groups
+        video_qkv, text_qkv = zip(*(deinterleave(t, sizes, groups) for t in qkv))
+        q_v, k_v, v_v = qkv_heads(video_qkv, self.head_dim, self.attn.norm_q, self.attn.norm_k, ctx.rope)
+        q_t, k_t, v_t = qkv_heads(text_qkv, self.head_dim, self.attn.norm_q, self.attn.norm_k)
+        attn = ctx.attend_joint(q_v, k_v, v_v, q_t, k_t, v_t).flatten(2)
+        out = self.proj_out(torch.cat([attn, gelu_tanh(mlp)], dim=-1))
         out_v, out_t = out.split([n_video, text.shape[0]], dim=0)
-        if self.token_replace:
-            out_v = gated(out_v, ctx.per_token(tr_gate, gate))
-        else:
-            out_v = gated(out_v, gate)
-        return video + out_v, text + gated(out_t, gate)
+        gate_v = ctx.per_token(tr_gate, gate) if self.token_replace else gate
+        return add_gated(video, out_v, gate_v), add_gated(text, out_t, gate)
 
 
 class RefinerBlock(nn.Module):
@@ -198,6 +215,7 @@ class RefinerBlock(nn.Module):
         super().__init__()
         d = cfg.hidden_size
         self.head_dim = cfg.attention_head_dim
+        self.qkv_widths = [d // build.tp] * 3
         self.norm1 = nn.LayerNorm(d, eps=1e-6)
         self.attn = nn.Module()
         self.attn.to_qkv = build.plain.column(d, 3 * d)
@@ -209,10 +227,10 @@ class RefinerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, pair_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """x [L, B, D]; pair_mask [B, 1, L, L] bool."""
-        q, k, v = heads(self.attn.to_qkv(self.norm1(x)), self.head_dim).chunk(3, dim=2)
+        q, k, v = (heads(t, self.head_dim) for t in self.attn.to_qkv.forward_split(self.norm1(x), self.qkv_widths))
         out = F.scaled_dot_product_attention(*(t.permute(1, 2, 0, 3) for t in (q, k, v)), attn_mask=pair_mask)
         out = self.attn.to_out(out.permute(2, 0, 1, 3).flatten(2))
         gate_msa, gate_mlp = self.norm_out.linear(F.silu(temb)).chunk(2, dim=-1)
-        x = x + gated(out, gate_msa)
-        return x + gated(self.ff.fc2(F.silu(self.ff.fc1(self.norm2(x)))), gate_mlp)
+        x = add_gated(x, out, gate_msa)
+        return add_gated(x, self.ff.fc2(F.silu(self.ff.fc1(self.norm2(x)))), gate_mlp)
 

@@ -18,7 +18,7 @@ EPS = 1e-6
 
 
 class RMSNorm(nn.Module):
-    """RMS norm over the last dim, computed in float32 (qk-norm over the head dim)."""
+    """RMS norm over the last dim (qk-norm over the head dim); torch's fused kernel."""
 
     def __init__(self, dim: int, eps: float = EPS):
         super().__init__()
@@ -26,9 +26,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -36,15 +34,32 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), eps=EPS)
 
 
+# Rollouts run the model with no autograd graph: there the elementwise steps below
+# work in place, saving an allocation and a memory pass each (on CPU a fresh
+# allocation also costs page faults). With autograd on they allocate as usual.
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """LN(x) * (1 + scale) + shift; x [S, B, D], shift/scale [B, D] or per token [S, B, D]."""
+    """LN(x) * (1 + scale) + shift in one pass; x [S, B, D], shift/scale [B, D] or per token."""
     if shift.dim() == 2:
         shift, scale = shift.unsqueeze(0), scale.unsqueeze(0)
-    return layer_norm(x) * (1 + scale) + shift
+    return torch.addcmul(shift, layer_norm(x), 1 + scale)
 
 
-def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    return x * (gate.unsqueeze(0) if gate.dim() == 2 else gate)
+def add_gated(residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """residual + x * gate; gate [B, D] or per token [S, B, D]. Updates residual in place
+    when no autograd graph is recorded (the caller replaces it with the result)."""
+    gate = gate.unsqueeze(0) if gate.dim() == 2 else gate
+    if not torch.is_grad_enabled():
+        return residual.addcmul_(x, gate)
+    return torch.addcmul(residual, x, gate)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation); in place on x when no autograd graph is recorded."""
+    if not torch.is_grad_enabled():
+        return torch._C._nn.gelu_(x, approximate="tanh")
+    return F.gelu(x, approximate="tanh")
 
 
 def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -79,24 +94,21 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-def rope_tables(grid: Sequence[int], axes_dim: Sequence[int], theta: float, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [N, head_dim] for the N = t*h*w video tokens, float32. Each axis gets
-    axes_dim[i] channels whose frequencies are theta^(-2k/d), every value repeated
-    twice (interleaved real/imaginary pairs). Angles in float32, as the released model."""
+def rope_tables(grid: Sequence[int], axes_dim: Sequence[int], theta: float, device) -> torch.Tensor:
+    """Rotations [N, head_dim / 2] (complex64) for the N = t*h*w video tokens. Each axis
+    gets axes_dim[i] channels (pairs) at frequencies theta^(-2k/d); angles in float32,
+    as the released model computes them."""
     coords = torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) for n in grid], indexing="ij")
-    cos, sin = [], []
+    angles = []
     for c, d in zip(coords, axes_dim):
         freqs = 1.0 / (theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32)[: d // 2] / d))
-        angles = torch.outer(c.reshape(-1), freqs)
-        cos.append(angles.cos().repeat_interleave(2, dim=1))
-        sin.append(angles.sin().repeat_interleave(2, dim=1))
-    return torch.cat(cos, dim=1), torch.cat(sin, dim=1)
+        angles.append(torch.outer(c.reshape(-1), freqs))
+    return torch.polar(torch.ones(1, device=device), torch.cat(angles, dim=1))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates interleaved pairs; x [S, B, H, D], cos/sin [S, D] (float32 math)."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-    c, s = cos[:, None, None, :], sin[:, None, None, :]
-    return (x.float() * c + rotated * s).to(x.dtype)
-
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotates interleaved (real, imaginary) channel pairs; x [S, B, H, D], rotation
+    [S, D / 2] complex. One complex multiply: the same arithmetic as
+    x * cos + rotate_half(x) * sin, in one pass instead of five (float32 math)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation[:, None, None, :]).flatten(-2).to(x.dtype)

@@ -95,6 +95,13 @@ class TokenRefiner(nn.Module):
         return x.transpose(0, 1)
 
 
+def _drop_trailing_padding(text: torch.Tensor, mask: torch.Tensor):
+    """Cuts text [B, L, C] and mask [B, L] after the batch's last valid token."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    keep = max(1, int((mask.bool() * positions).max()))
+    return text[:, :keep], mask[:, :keep]
+
+
 class HunyuanVideoDiT(nn.Module):
     def __init__(self, config: HunyuanVideoConfig, *, sequence_parallel: bool = False, spec: LayerSpec = LayerSpec(),
                  attention: AttentionConfig = AttentionConfig(), adaln: str = "replicated",
@@ -188,6 +195,12 @@ class HunyuanVideoDiT(nn.Module):
         timestep = timestep.expand(b) if timestep.dim() == 0 else timestep
         guidance = guidance.expand(b) if guidance is not None and guidance.dim() == 0 else guidance
 
+        if text_mask is not None:
+            # Text tokens after the last valid one in the batch never affect a valid output
+            # (they are masked keys everywhere and excluded from the refiner's pooling):
+            # drop them before any work. Prompts are padded to 256 tokens but hold tens.
+            text, text_mask = _drop_trailing_padding(text, text_mask)
+            n_text = text.shape[1]
         temb, tr_emb = self.time_text_embed(timestep, pooled.to(dtype), guidance)
         video = self.x_embedder(x.to(dtype)).transpose(0, 1)  # [Nv, B, D]
         text = self.context_embedder(text.to(dtype), timestep, text_mask).transpose(0, 1)
@@ -200,9 +213,9 @@ class HunyuanVideoDiT(nn.Module):
         text = router.shard(pad_tokens(text, text_span))
 
         u, c = ctx.layout.ulysses, ctx.ulysses_rank
-        cos, sin = rope_tables(grid, cfg.rope_axes_dim, cfg.rope_theta, x.device)
-        cos = F.pad(cos, (0, 0, 0, video_span - n_video), value=1.0).chunk(u, dim=0)[c]  # padding: identity rotation
-        sin = F.pad(sin, (0, 0, 0, video_span - n_video)).chunk(u, dim=0)[c]
+        rotation = rope_tables(grid, cfg.rope_axes_dim, cfg.rope_theta, x.device)
+        identity = torch.ones(video_span - n_video, rotation.shape[1], dtype=rotation.dtype, device=x.device)
+        rotation = torch.cat([rotation, identity]).chunk(u, dim=0)[c]  # padding tokens: no rotation
         heads_here = cfg.num_attention_heads // (ctx.layout.tp * u)
         head_ids = (ctx.tp_rank * cfg.num_attention_heads // ctx.layout.tp + c * heads_here
                     + torch.arange(heads_here, device=x.device))
@@ -211,7 +224,7 @@ class HunyuanVideoDiT(nn.Module):
             piece = video.shape[0]
             positions = ctx.shard_index * piece + torch.arange(piece, device=x.device)
             first_frame = positions < grid[1] * grid[2]
-        fctx = ForwardContext(router, mask, self.attention_config, (cos, sin), video_span // u, text_span // u,
+        fctx = ForwardContext(router, mask, self.attention_config, rotation, video_span // u, text_span // u,
                               head_ids, first_frame)
 
         for block in self.transformer_blocks:

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.model_parallel_config import ModelParallelConfig
 
@@ -62,13 +63,30 @@ _SINGLE_OUTPUT = {}
 
 def single_output(base: type) -> type:
     """Subclass of a megatron linear whose forward returns one tensor, bias added
-    (megatron returns (output, bias)); parameter names stay those of the base."""
+    (megatron returns (output, bias)); parameter names stay those of the base.
+    With a one-rank TP group there is nothing to communicate, and megatron's autograd
+    function (built to overlap TP communication) only adds a separate bias pass:
+    F.linear runs the same GEMM with the bias fused."""
     if base not in _SINGLE_OUTPUT:
+        local = base.__module__.startswith("megatron.core.tensor_parallel")
+
         def forward(self, x):
+            if local and self.tp_group.size() == 1:
+                return F.linear(x, self.weight, self.bias)
             out, bias = base.forward(self, x)
             return out if bias is None else out + bias
 
-        _SINGLE_OUTPUT[base] = type(base.__name__, (base,), {"forward": forward, "__module__": __name__})
+        def forward_split(self, x, widths):
+            """Outputs of consecutive row blocks of the weight (e.g. [qkv | mlp-in]). One rank:
+            one GEMM per block, so each output is contiguous (a strided slice of one fused
+            output makes the following elementwise ops slower on CPU); otherwise one
+            gathered GEMM, split."""
+            if local and self.tp_group.size() == 1:
+                return [F.linear(x, w, b) for w, b in zip(self.weight.split(widths), self.bias.split(widths))]
+            return list(forward(self, x).split(widths, dim=-1))
+
+        _SINGLE_OUTPUT[base] = type(base.__name__, (base,), {"forward": forward, "forward_split": forward_split,
+                                                             "__module__": __name__})
     return _SINGLE_OUTPUT[base]
 
 
@@ -77,6 +95,8 @@ class PartialRowParallelLinear(tensor_parallel.RowParallelLinear):
     reduces several partial sums at once and adds the bias afterwards."""
 
     def partial(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_group.size() == 1:
+            return F.linear(x, self.weight)
         return self._forward_impl(input=x, weight=self.weight, bias=None,
                                   gradient_accumulation_fusion=self.gradient_accumulation_fusion,
                                   allreduce_dgrad=False, sequence_parallel=False, tp_group=None,
