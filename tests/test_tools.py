@@ -53,3 +53,18 @@ def test_torch_installer_refuses_cuda_builds_on_cpu_machines():
     assert mod.cuda_in_plan(plan(("torch", "2.13.0"), ("nvidia-cublas", "13.0"), ("triton", "3.6"))) == [
         "torch 2.13.0", "nvidia-cublas", "triton"]
     assert mod.cuda_in_plan(plan(("filelock", "3.0"))) == []  # torch already satisfied: nothing to refuse
+
+
+def test_bench_model_json_contract():
+    report = json.loads(run("tools/bench_model.py", "--configs", "small", "--rounds", "1", "--json").strip().splitlines()[-1])
+    rows = report["rows"]
+    assert {(r["config"], r["pass"]) for r in rows} == {("small", "fwd"), ("small", "fwd_bwd")}
+    for r in rows:
+        assert {"config", "pass", "ours_s", "diffusers_s", "speedup"} <= set(r)
+        assert r["ours_s"] > 0 and r["diffusers_s"] > 0 and r["output_rel_err"] < 1e-5
+
+
+def test_parameter_report_cli():
+    out = run("-m", "dancegrpo_hpc.models.hunyuan_video.report", "--tp", "8")
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["parameters"] == 12_821_012_544 and report["tp"] == 8

@@ -31,7 +31,7 @@ def sdpa(q, k, v, mask: JointMask, config, head_ids=None):
     samples with the same prefix attend over it without any mask (the same function
     as the masked attention, without the mask's cost or the padded keys). GRPO groups
     share a prompt, so a rollout batch is usually a single run."""
-    prefixes = mask.key_prefixes()
+    prefixes = mask.key_prefixes(q.shape[0])
     if prefixes is None:
         return _sdpa(q, k, v, mask.key_valid(q.shape[0], q.device)[:, None, None, :])
     outs, start = [], 0

@@ -31,7 +31,7 @@ class JointMask:
     def length(self) -> int:
         return self.video_span + self.text_tokens
 
-    def key_prefixes(self) -> Optional[Tuple[int, ...]]:
+    def key_prefixes(self, batch: int) -> Optional[Tuple[int, ...]]:
         """Per sample, the length of its valid keys when they form a prefix of the
         sequence (no video padding; text padding only at the end), else None. Read once
         per forward pass (a host sync on GPU) and cached."""
@@ -39,7 +39,7 @@ class JointMask:
             return None
         if self._prefixes is None:
             if self.text_lengths is None:
-                self._prefixes = (self.length,)
+                self._prefixes = (self.length,) * batch
             else:
                 self._prefixes = tuple(self.video_span + int(n) for n in self.text_lengths.tolist())
         return self._prefixes

@@ -14,6 +14,7 @@ Windows may be one (t, h, w) for all heads or one per head.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -99,8 +100,11 @@ def _flex(q, k, v, layout, mask, windows):
         return sta_mask(layout, mask, windows, b, h, q_idx, kv_idx)
 
     block = create_block_mask(mask_mod, B=q.shape[0], H=q.shape[1], Q_LEN=q.shape[2], KV_LEN=k.shape[2], device=q.device)
-    run = torch.compile(flex_attention) if q.device.type == "cuda" else flex_attention
-    return run(q, k, v, block_mask=block)
+    if q.device.type == "cuda":
+        return torch.compile(flex_attention)(q, k, v, block_mask=block)
+    with warnings.catch_warnings():  # eager on CPU is deliberate: compiling costs minutes on small machines
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, block_mask=block)
 
 
 def sliding_tile_attention(q, k, v, mask: JointMask, config, head_ids=None, force_dense: bool = False):

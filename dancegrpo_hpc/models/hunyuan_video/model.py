@@ -24,6 +24,7 @@ from ...distributed.sequence import TokenRouter, pad_tokens, padded_length
 from .blocks import DualStreamBlock, ForwardContext, RefinerBlock, SingleStreamBlock
 from .config import HunyuanVideoConfig
 from .layers import MLPEmbedder, PatchEmbed, modulate, rope_tables, timestep_features
+from .parallelize import apply_activation_checkpointing
 from .spec import LayerSpec, LinearFactory
 
 ADALN_MODES = ("replicated", "column")
@@ -105,7 +106,8 @@ def _drop_trailing_padding(text: torch.Tensor, mask: torch.Tensor):
 class HunyuanVideoDiT(nn.Module):
     def __init__(self, config: HunyuanVideoConfig, *, sequence_parallel: bool = False, spec: LayerSpec = LayerSpec(),
                  attention: AttentionConfig = AttentionConfig(), adaln: str = "replicated",
-                 dtype: torch.dtype = torch.float32, device=None, init_weights: bool = True):
+                 dtype: torch.dtype = torch.float32, device=None, init_weights: bool = True,
+                 checkpoint_fraction: float = 0.0):
         super().__init__()
         check_choice("HunyuanVideoDiT", "adaln", adaln, ADALN_MODES)
         spec.validate()
@@ -136,13 +138,15 @@ class HunyuanVideoDiT(nn.Module):
             for param in self.proj_out.parameters():
                 setattr(param, "sequence_parallel", True)
         self.to(dtype)
+        apply_activation_checkpointing(self, checkpoint_fraction)
 
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_diffusers(cls, model_or_path, **options) -> "HunyuanVideoDiT":
         """Builds the model for this rank's TP / Ulysses shard from a diffusers
         HunyuanVideoTransformer3DModel instance or checkpoint directory (each rank reads
-        only its slices). Options: sequence_parallel, spec, attention, adaln, dtype, device."""
+        only its slices). Options: sequence_parallel, spec, attention, adaln, dtype, device,
+        checkpoint_fraction."""
         from .weights import load_diffusers
 
         return load_diffusers(cls, model_or_path, **options)

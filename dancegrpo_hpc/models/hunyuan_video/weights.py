@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ...checks import InputError, require
 from .config import HunyuanVideoConfig
+from .parallelize import parameter_name
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -30,17 +31,19 @@ INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
 
 @dataclass(frozen=True)
 class Piece:
-    """Rows/columns [start, stop) along dim of a diffusers tensor (dim None: all of it)."""
+    """Rows/columns [start, stop) along dim of a diffusers tensor (dim None: all of it);
+    size: the full length the source must have along dim."""
 
     source: str
     dim: Optional[int] = None
     start: int = 0
     stop: int = 0
+    size: int = 0
 
 
 def _split(source: str, dim: int, size: int, tp: int, rank: int) -> Piece:
     step = size // tp
-    return Piece(source, dim, rank * step, (rank + 1) * step)
+    return Piece(source, dim, rank * step, (rank + 1) * step, size)
 
 
 def plan(model, rank: int) -> Dict[str, Tuple[List[Piece], int]]:
@@ -61,7 +64,8 @@ def plan(model, rank: int) -> Dict[str, Tuple[List[Piece], int]]:
     def qkv(prefix, names):
         return [(f"{prefix}.{n}", d) for n in names]
 
-    for name, _ in model.named_parameters():
+    for key, _ in model.named_parameters():
+        name = parameter_name(key)
         if name in out:
             continue
         m = re.match(r"(.*)\.(attn\.to_qkv|attn\.add_qkv|attn\.to_out|attn\.to_add_out|ff(?:_context)?\.fc1|ff(?:_context)?\.fc2"
@@ -88,7 +92,8 @@ def plan(model, rank: int) -> Dict[str, Tuple[List[Piece], int]]:
             col(target, qkv(f"{block}.attn", ("to_q", "to_k", "to_v")) + [(f"{block}.proj_mlp", mlp)])
         elif layer == "proj_out":  # packed [attention | mlp] input columns
             attn, hidden = _split(f"{target}.weight", 1, d, tp, rank), _split(f"{target}.weight", 1, mlp, tp, rank)
-            out[f"{target}.weight"] = ([attn, Piece(hidden.source, 1, d + hidden.start, d + hidden.stop)], 1)
+            attn = Piece(attn.source, 1, attn.start, attn.stop, d + mlp)
+            out[f"{target}.weight"] = ([attn, Piece(hidden.source, 1, d + hidden.start, d + hidden.stop, d + mlp)], 1)
             out[f"{target}.bias"] = ([Piece(f"{target}.bias")], 0)
         elif column_adaln:  # AdaLN linear, column-parallel
             width = (6 if "norm1" in layer else 3) * d
@@ -106,6 +111,9 @@ class StateDictReader:
 
     def names(self):
         return set(self.sd)
+
+    def shape(self, name: str):
+        return tuple(self.sd[name].shape)
 
     def read(self, piece: Piece) -> torch.Tensor:
         t = self.sd[piece.source]
@@ -139,11 +147,17 @@ class SafetensorsReader:
     def names(self):
         return set(self.weight_map)
 
-    def read(self, piece: Piece) -> torch.Tensor:
-        file = self.weight_map[piece.source]
+    def _slice(self, name: str):
+        file = self.weight_map[name]
         if file not in self._files:
             self._files[file] = self._open(os.path.join(self.directory, file), framework="pt")
-        sl = self._files[file].get_slice(piece.source)
+        return self._files[file].get_slice(name)
+
+    def shape(self, name: str):
+        return tuple(self._slice(name).get_shape())
+
+    def read(self, piece: Piece) -> torch.Tensor:
+        sl = self._slice(piece.source)
         if piece.dim is None:
             return sl[:]
         index = [slice(None)] * len(sl.get_shape())
@@ -177,7 +191,13 @@ def load_weights(model, reader) -> None:
     if unexpected:
         raise InputError(f"HunyuanVideo weights: the checkpoint has {len(unexpected)} tensors this config does not use, "
                          f"e.g. {', '.join(unexpected[:4])}; check the config matches the checkpoint")
-    params = dict(model.named_parameters())
+    for pieces, _ in wanted.values():
+        for pc in pieces:
+            if pc.dim is not None and reader.shape(pc.source)[pc.dim] != pc.size:
+                raise InputError(f"HunyuanVideo weights: checkpoint tensor {pc.source} has shape "
+                                 f"{reader.shape(pc.source)} but this config needs {pc.size} along dim {pc.dim}; "
+                                 "check the config matches the checkpoint")
+    params = {parameter_name(n): p for n, p in model.named_parameters()}
     with torch.no_grad():
         for name, (pieces, dim) in wanted.items():
             value = torch.cat([reader.read(pc) for pc in pieces], dim=dim) if len(pieces) > 1 else reader.read(pieces[0])
@@ -220,7 +240,8 @@ def export_state_dict(model, tensor_of=lambda p: p) -> Dict[str, torch.Tensor]:
     tp = model.ctx.layout.tp
     plans = [plan(model, r) for r in range(tp)]
     pieces: Dict[str, List[Tuple[Piece, torch.Tensor]]] = {}
-    for name, param in model.named_parameters():
+    for key, param in model.named_parameters():
+        name = parameter_name(key)
         sharded = any(pc.dim is not None for pc in plans[0][name][0])
         for rank, local in enumerate(_gather_tp(model, tensor_of(param), sharded)):
             rank_pieces, dim = plans[rank][name]
