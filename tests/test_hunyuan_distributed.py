@@ -62,3 +62,34 @@ def test_sharded_equals_single_rank(single_rank, tp, ulysses, sp, adaln, preset)
             else:  # a gradient that is exactly zero in exact arithmetic (e.g. the refiner's key bias,
                 # to which softmax is invariant): both hold rounding noise only
                 assert grads[name].norm() <= 1e-8 * scale, name
+
+
+def _load_from_directory(rank, world, directory):
+    from dancegrpo_hpc.distributed import parallel
+    from dancegrpo_hpc.models.hunyuan_video import PRESETS, HunyuanVideoDiT
+    from dancegrpo_hpc.models.hunyuan_video.weights import export_state_dict
+
+    parallel.initialize(tp=world)
+    model = HunyuanVideoDiT.from_diffusers(directory, sequence_parallel=True)
+    local_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with torch.no_grad():
+        out = model(**inputs(PRESETS["tiny"], **SHAPE))
+    return out, export_state_dict(model), model.checkpoint_bytes_read, local_bytes
+
+
+def test_tp_ranks_load_their_slices_of_a_checkpoint_directory_and_export_it_back(tmp_path):
+    ref = diffusers_model("tiny")
+    ref.save_pretrained(str(tmp_path), max_shard_size="100KB")  # sharded safetensors + index
+    with torch.no_grad():
+        expected = ref(**inputs(ref_config(ref), **SHAPE), return_dict=False)[0]
+    full_bytes = sum(p.numel() * p.element_size() for p in ref.parameters())
+    for out, exported, read, local in run_ranks(2, _load_from_directory, str(tmp_path)):
+        assert rel(out, expected) <= 1e-5
+        assert read == local < 0.8 * full_bytes  # each rank read exactly its own slices
+        assert all(torch.equal(exported[n], p) for n, p in ref.state_dict().items())
+
+
+def ref_config(ref):
+    from dancegrpo_hpc.models.hunyuan_video import HunyuanVideoConfig
+
+    return HunyuanVideoConfig.from_diffusers(dict(ref.config))

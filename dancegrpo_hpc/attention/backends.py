@@ -12,7 +12,7 @@ the masked dense attention for every valid query; outputs at invalid positions
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 

@@ -10,7 +10,6 @@ returns the predicted velocity [B, C_out, F, H, W] on every rank.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn

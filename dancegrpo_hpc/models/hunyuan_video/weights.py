@@ -143,6 +143,7 @@ class SafetensorsReader:
         self.weight_map = weight_map
         self._open = safe_open
         self._files = {}
+        self.bytes_read = 0  # what this rank actually read (it reads only its slices)
 
     def names(self):
         return set(self.weight_map)
@@ -159,10 +160,13 @@ class SafetensorsReader:
     def read(self, piece: Piece) -> torch.Tensor:
         sl = self._slice(piece.source)
         if piece.dim is None:
-            return sl[:]
-        index = [slice(None)] * len(sl.get_shape())
-        index[piece.dim] = slice(piece.start, piece.stop)
-        return sl[tuple(index)]
+            out = sl[:]
+        else:
+            index = [slice(None)] * len(sl.get_shape())
+            index[piece.dim] = slice(piece.start, piece.stop)
+            out = sl[tuple(index)]
+        self.bytes_read += out.numel() * out.element_size()
+        return out
 
 
 def read_config(directory: str) -> HunyuanVideoConfig:
@@ -220,6 +224,7 @@ def load_diffusers(cls, model_or_path, **options):
         reader = StateDictReader(model_or_path.state_dict())
     model = cls(config, init_weights=False, **options)
     load_weights(model, reader)
+    model.checkpoint_bytes_read = getattr(reader, "bytes_read", None)
     return model
 
 
