@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from megatron.core import parallel_state
 from megatron.core.model_parallel_config import ModelParallelConfig
 
 from ...attention import AttentionConfig, JointMask
@@ -181,8 +182,6 @@ class HunyuanVideoDiT(nn.Module):
                 pooled_projections=None, guidance=None):
         self.check_inputs(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, pooled_projections,
                           guidance)
-        from megatron.core import parallel_state
-
         amax_group = parallel_state.get_amax_reduction_group(with_context_parallel=True) if self.spec.fp8 else None
         with self.linears.fp8_context(amax_group):
             return self._forward(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
