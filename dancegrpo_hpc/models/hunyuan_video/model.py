@@ -33,8 +33,7 @@ ADALN_MODES = ("replicated", "column")
 class Build:
     """What block constructors need: linear factories with and without Megatron SP."""
 
-    def __init__(self, cfg: HunyuanVideoConfig, ctx: ParallelContext, spec: LayerSpec, adaln: str,
-                 dtype: torch.dtype, on_gpu: bool, init: bool):
+    def __init__(self, ctx: ParallelContext, spec: LayerSpec, adaln: str, dtype: torch.dtype, on_gpu: bool, init: bool):
         common = dict(tensor_model_parallel_size=ctx.layout.tp, context_parallel_size=ctx.layout.ulysses,
                       use_cpu_initialization=not on_gpu, perform_initialization=init, params_dtype=dtype)
         self.linear = LinearFactory(spec, ModelParallelConfig(sequence_parallel=ctx.layout.sequence_parallel, **common))
@@ -121,7 +120,7 @@ class HunyuanVideoDiT(nn.Module):
         self.config, self.attention_config, self.spec, self.adaln = config, attention, spec, adaln
         self.router = TokenRouter(self.ctx)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        build = Build(config, self.ctx, spec, adaln, dtype, device.type == "cuda", init_weights and device.type != "meta")
+        build = Build(self.ctx, spec, adaln, dtype, device.type == "cuda", init_weights and device.type != "meta")
         self.linears = build.linear
         d, p, pt = config.hidden_size, config.patch_size, config.patch_size_t
         with torch.device(device):

@@ -8,7 +8,7 @@ asked for; on a machine without transformer-engine or CUDA it fails with one lin
 
 Every linear returns a plain tensor (megatron's (output, bias) pairs are summed).
 A "partial" row-parallel linear returns its un-reduced matmul, so a block can sum
-several of them in one collective (TokenRouter.reduce) and add the biases after.
+several of them in one collective (TokenRouter.project) and add the biases after.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class LinearFactory:
             skip_bias_add=False)
 
     def partial_row(self, in_features: int, out_features: int) -> nn.Module:
-        """Row-parallel linear for TokenRouter.reduce: .partial(x) and a replicated .bias."""
+        """Row-parallel linear for TokenRouter.project: .partial(x) and a replicated .bias."""
         if self.te is not None:
             return _TEPartialRow(self.te, in_features, out_features, self.config, self.init)
         return PartialRowParallelLinear(in_features, out_features, config=self.config, init_method=self.init,

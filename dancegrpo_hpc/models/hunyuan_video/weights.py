@@ -190,7 +190,7 @@ def load_weights(model, reader) -> None:
         raise InputError(f"HunyuanVideo weights: the checkpoint lacks {len(missing)} tensors the model needs, e.g. "
                          f"{', '.join(missing[:4])}; is it a HunyuanVideoTransformer3DModel with this config "
                          f"({model.config.variant})?")
-    used = {pc.source for pieces, _ in plan(model, 0).values() for pc in pieces}
+    used = {pc.source for pieces, _ in wanted.values() for pc in pieces}  # the same sources on every rank
     unexpected = sorted(available - used)
     if unexpected:
         raise InputError(f"HunyuanVideo weights: the checkpoint has {len(unexpected)} tensors this config does not use, "
