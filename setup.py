@@ -73,7 +73,7 @@ setup(
     python_requires=">=3.10",
     ext_modules=[Extension("dancegrpo_hpc._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["torch>=2.4", "numpy", "megatron-core>=0.16", "safetensors"],
+    install_requires=["torch>=2.4", "numpy", "megatron-core>=0.16", "safetensors", "tensorboard", "matplotlib"],
     extras_require={
         "gpu": ["transformer-engine[pytorch]", "flash-attn", "xformers", "nvidia-dali-cuda120"],
         "rewards": ["transformers", "open-clip-torch", "safetensors"],
