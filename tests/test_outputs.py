@@ -138,14 +138,14 @@ def test_video_grid_rejects_mismatched_rows(tmp_path):
 
 
 def test_summary_round_trip_and_line(tmp_path):
-    summary = {"reward_before": 0.4, "reward_after": 0.5, "iterations": 200, "wall_time_s": 3725.2,
+    summary = {"reward_before": 0.4, "reward_after": 0.5, "iterations": 200, "wall_s": 3725.2,
                "rewards": {"hps": [0.2, 0.3]}}
     path = write_summary(tmp_path, summary)
     assert json.loads(path.read_text()) == summary == read_summary(tmp_path)
     assert not list(tmp_path.glob("*.tmp"))
     assert format_summary_line(summary) == "reward 0.4000 -> 0.5000 (+25.0%) in 200 iterations, 1h02m05s"
     assert "n/a" in format_summary_line({**summary, "reward_before": 0.0})
-    with pytest.raises(InputError, match="missing wall_time_s"):
+    with pytest.raises(InputError, match="missing wall_s"):
         format_summary_line({"reward_before": 0, "reward_after": 1, "iterations": 1})
 
 

@@ -19,6 +19,7 @@ class TrainerState:
     scheduler: Dict[str, Any] = field(default_factory=dict)
     metrics_history: List[Dict[str, Any]] = field(default_factory=list)
     config: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)  # run bookkeeping (e.g. the pre-training evaluation, wall time)
 
     def to_json(self) -> str:
         for item in fields(self):

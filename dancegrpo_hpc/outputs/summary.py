@@ -11,7 +11,7 @@ from ..checks import InputError, require
 from ..checkpoint.atomic import write_text_atomic
 
 SUMMARY_FILE = "summary.json"
-REQUIRED_KEYS = ("reward_before", "reward_after", "iterations", "wall_time_s")
+REQUIRED_KEYS = ("reward_before", "reward_after", "iterations", "wall_s")
 
 
 def write_summary(output_dir, summary: Dict[str, Any]) -> Path:
@@ -49,4 +49,4 @@ def format_summary_line(summary: Dict[str, Any]) -> str:
     else:
         change = "relative change n/a"
     return (f"reward {before:.4f} -> {after:.4f} ({change}) in {int(summary['iterations'])} iterations, "
-            f"{_duration(float(summary['wall_time_s']))}")
+            f"{_duration(float(summary['wall_s']))}")

@@ -54,15 +54,26 @@ def sample(
     store_latents: bool = True,
     reduction: str = "mean",
     use_fused: Optional[bool] = None,
+    noise_fn: Optional[Callable[[int], torch.Tensor]] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> Trajectory:
     """Integrates from sigmas[0] to sigmas[-1] starting at `initial` (the noise at
-    sigma = 1). Each state is written straight into the trajectory buffer."""
+    sigma = 1). Each state is written straight into the trajectory buffer.
+
+    noise_fn(i) -> the step-i noise [B, ...] (instead of drawing from `generator`):
+    lets a caller draw each sample's noise from its own stream, so results do not
+    depend on how samples are batched. out: a [B, T+1, ...] buffer to fill (e.g. a
+    slice of a rollout buffer, possibly on another device)."""
     require(sigmas.dim() == 1 and sigmas.numel() >= 2, f"sample: sigmas must be a 1-D schedule of T+1 values; got {tuple(sigmas.shape)}")
     num_steps = sigmas.numel() - 1
     mask = stochastic_steps(kind, sigmas, sde_steps)
     batch = initial.shape[0]
-    latents = None
-    if store_latents:
+    latents = out
+    if out is not None:
+        require(tuple(out.shape) == (batch, num_steps + 1, *initial.shape[1:]),
+                f"sample: out must be [B, T+1, ...] = {(batch, num_steps + 1, *initial.shape[1:])}; got {tuple(out.shape)}")
+        latents[:, 0] = initial
+    elif store_latents:
         latents = initial.new_empty((batch, num_steps + 1, *initial.shape[1:]))
         latents[:, 0] = initial
     log_probs = torch.full((batch, num_steps), float("nan"), dtype=torch.float32, device=initial.device)
@@ -72,10 +83,14 @@ def sample(
         sigma = sig[i].expand(batch)
         v = model_fn(x, sigma.to(initial.device), i)
         step_kind = kind if bool(mask[i]) else "ode"
-        out = latents[:, i + 1] if latents is not None else None
-        result = sde_step(step_kind, v, x, float(sig[i]), float(sig[i + 1]), eta, reduction=reduction,
-                          generator=generator, out=out, use_fused=use_fused)
+        same_device = latents is not None and latents.device == x.device
+        step_out = latents[:, i + 1] if same_device else None
+        noise = noise_fn(i) if noise_fn is not None and step_kind != "ode" else None
+        result = sde_step(step_kind, v, x, float(sig[i]), float(sig[i + 1]), eta, noise=noise, reduction=reduction,
+                          generator=None if noise is not None else generator, out=step_out, use_fused=use_fused)
         if result.log_prob is not None:
             log_probs[:, i] = result.log_prob
         x = result.prev_sample
+        if latents is not None and not same_device:  # e.g. a pinned CPU rollout buffer
+            latents[:, i + 1].copy_(x, non_blocking=True)
     return Trajectory(latents, log_probs, sig, mask, x)

@@ -1,0 +1,405 @@
+"""One dataclass tree for a run: YAML file + dotted command-line overrides.
+
+`load_config(path, overrides)` builds it; unknown keys and wrong types fail with
+one line naming the dotted key. `Config.check()` validates what can be checked
+without the world size or the file system; `check_paths(config)` is the one place
+that looks at the file system; `check_layout(config, world_size)` adds
+divisibility; `check_runnable(config)` says whether this trainer can run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .checks import InputError, check_choice, require
+from .rewards.base import RewardSpec
+
+SAMPLER_KINDS = ("dance", "flow", "cps")
+ALGORITHMS = ("dancegrpo", "flow_grpo")
+DTYPES = ("float32", "bfloat16")
+DATA_SOURCES = ("toy", "prompts")
+# Mirrors of the model-side registries (attention.BACKENDS, hunyuan_video.spec.SPECS / FP8_RECIPES,
+# hunyuan_video.model.ADALN_MODES), so a config is checked without importing GPU code;
+# tests/test_config.py keeps them equal.
+ATTENTION_BACKENDS = ("sdpa", "flash", "xformers", "te", "sliding_tile")
+LAYER_SPECS = ("local", "transformer_engine")
+FP8_RECIPES = ("delayed", "current", "block")
+ADALN_MODES = ("replicated", "column")
+# The real (HunyuanVideo) VAE: 4x in time ((F - 1) / 4 + 1 latent frames), 8x in space.
+VIDEO_VAE_TIME, VIDEO_VAE_SPACE = 4, 8
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "toy"  # a HunyuanVideoConfig preset (models/hunyuan_video/config.py)
+    path: Optional[str] = None  # diffusers-format checkpoint directory; None = the toy checkpoint (preset toy only)
+    dtype: str = "float32"  # parameter dtype; bfloat16 keeps fp32 optimizer moments in AdamW
+    attention: str = "sdpa"  # sdpa | flash | xformers | te | sliding_tile
+    layer_spec: str = "local"  # local | transformer_engine
+    fp8: Optional[str] = None  # FP8 recipe with layer_spec transformer_engine: delayed | current | block
+    adaln: str = "replicated"  # replicated | column
+    activation_checkpointing: float = 1.0  # fraction of blocks recomputed in the training backward
+    guidance: Optional[float] = None  # embedded guidance scale (CFG-distilled models, e.g. 6.018); x1000 into the DiT
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1
+    ulysses: int = 1
+    sequence_parallel: bool = False
+    zero: bool = True  # shard optimizer state over data-parallel ranks (ZeRO-1)
+
+
+@dataclass
+class DataConfig:
+    source: str = "toy"  # toy: the embedded procedural world; prompts: a prompt file + real VAE (not trained yet)
+    frames: int = 8  # video frames (toy world) or latent-producing frames (real data: 4k + 1, 1 for images)
+    height: int = 32
+    width: int = 32
+    eval_prompts: int = 8  # held-out prompts for the before/after evaluation
+    prompts: Optional[str] = None  # source prompts: prompt file (one prompt per line)
+    embeddings: Optional[str] = None  # source prompts: precomputed text-embedding cache directory
+    text_encoder: Optional[str] = None  # source prompts: text encoder directory (encode on the fly instead of a cache)
+    vae: Optional[str] = None  # source prompts: diffusers VAE directory (decode for the rewards)
+    reference_images: Optional[str] = None  # source prompts, image-to-video: reference image directory
+
+
+REAL_DATA_FIELDS = ("prompts", "embeddings", "text_encoder", "vae", "reference_images")
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 10  # T sampling steps per rollout
+    shift: float = 3.0  # flow-matching schedule shift
+    kind: str = "dance"  # SDE step: dance | flow | cps
+    eta: float = 0.3  # noise level
+    cfg_scale: float = 1.0  # real classifier-free guidance (> 1 runs cond + uncond)
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_iteration: int = 4  # global, split over data-parallel ranks
+    group_size: int = 8  # G samples per prompt sharing one initial noise
+    micro_batch: int = 0  # samples per DiT forward while sampling; 0 = every local sample at once
+    buffer_device: str = "device"  # device | cpu (pinned on GPU machines)
+    reward_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 30
+    algorithm: str = "dancegrpo"  # dancegrpo: per-group std; flow_grpo: global std, zero-variance groups dropped
+    lr: float = 1e-5
+    lr_warmup: int = 0  # iterations of linear warmup
+    weight_decay: float = 1e-4
+    betas: Tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    updates_per_rollout: int = 1  # optimizer steps per rollout (the rollout is split into this many mini-batches)
+    epochs: int = 1  # passes over the rollout
+    micro_batch: int = 0  # samples per training forward; 0 = the whole local mini-batch
+    timestep_fraction: float = 0.6  # tau: ceil(tau * (T - 1)) trained steps per sample
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    best_of_n: int = 0  # keep the k/2 best and k/2 worst of each group; 0 = keep all
+    kl_coef: float = 0.0  # Flow-GRPO's KL to the initial policy (needs a reference model copy)
+    autocast: Optional[str] = None  # None | bfloat16
+    ema_decay: Optional[float] = None  # EMA of the weights (used for evaluation when set)
+    cfg_training: bool = False  # train through cond + uncond outputs (needs sampling.cfg_scale > 1)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 10  # iterations between checkpoints (and one at the end); 0 = only at the end
+    keep_last: int = 2
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress: bool = True
+    sample_grid: bool = True  # before/after GIF of held-out prompts
+
+
+@dataclass
+class EvalConfig:
+    samples_per_prompt: int = 2  # fixed seeds per held-out prompt, ODE sampler
+    every: int = 0  # iterations between held-out evaluations during training; 0 = before and after only
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    output_dir: str = "runs/toy"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: List[RewardSpec] = field(default_factory=lambda: [RewardSpec("toy_text_alignment", 1.0)])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Checks that need no world size, weights or file system: choices and ranges."""
+        m, s, r, t = self.model, self.sampling, self.rollout, self.train
+        check_choice("config", "model.dtype", m.dtype, DTYPES)
+        check_choice("config", "model.attention", m.attention, ATTENTION_BACKENDS)
+        check_choice("config", "model.layer_spec", m.layer_spec, LAYER_SPECS)
+        check_choice("config", "model.fp8", m.fp8, (None, *FP8_RECIPES))
+        check_choice("config", "model.adaln", m.adaln, ADALN_MODES)
+        require(m.fp8 is None or m.layer_spec == "transformer_engine",
+                f"config: model.fp8={m.fp8!r} needs model.layer_spec=transformer_engine (or set model.fp8=null)")
+        check_choice("config", "data.source", self.data.source, DATA_SOURCES)
+        check_choice("config", "sampling.kind", s.kind, SAMPLER_KINDS)
+        check_choice("config", "rollout.buffer_device", r.buffer_device, ("device", "cpu"))
+        check_choice("config", "train.algorithm", t.algorithm, ALGORITHMS)
+        check_choice("config", "train.autocast", t.autocast, (None, "bfloat16"))
+        _positive_int("sampling.steps", s.steps, minimum=2)
+        _positive_int("rollout.group_size", r.group_size, minimum=2)
+        _positive_int("rollout.prompts_per_iteration", r.prompts_per_iteration)
+        _positive_int("train.iterations", t.iterations, minimum=0)
+        _positive_int("train.updates_per_rollout", t.updates_per_rollout)
+        _positive_int("train.epochs", t.epochs)
+        _positive_int("rollout.micro_batch", r.micro_batch, minimum=0)
+        _positive_int("train.micro_batch", t.micro_batch, minimum=0)
+        _positive_int("rollout.reward_workers", r.reward_workers)
+        _positive_int("checkpoint.every", self.checkpoint.every, minimum=0)
+        _positive_int("checkpoint.keep_last", self.checkpoint.keep_last)
+        _positive_int("eval.samples_per_prompt", self.eval.samples_per_prompt)
+        _positive_int("data.eval_prompts", self.data.eval_prompts)
+        for name in ("frames", "height", "width"):
+            _positive_int(f"data.{name}", getattr(self.data, name))
+        for name in ("eta", "shift"):
+            _positive_float(f"sampling.{name}", getattr(s, name))
+        _positive_float("sampling.cfg_scale", s.cfg_scale)
+        for name in ("lr", "grad_clip", "clip_range", "adv_clip_max", "adam_eps"):
+            _positive_float(f"train.{name}", getattr(t, name))
+        if m.guidance is not None:
+            _positive_float("model.guidance", m.guidance)
+        require(0 < t.timestep_fraction <= 1, f"config: train.timestep_fraction must lie in (0, 1]; got {t.timestep_fraction!r}")
+        require(0 <= m.activation_checkpointing <= 1,
+                f"config: model.activation_checkpointing must lie in [0, 1]; got {m.activation_checkpointing!r}")
+        if t.best_of_n:
+            require(t.best_of_n % 2 == 0 and 2 <= t.best_of_n <= r.group_size,
+                    f"config: train.best_of_n must be 0 or an even number in [2, rollout.group_size={r.group_size}]; "
+                    f"got {t.best_of_n}")
+        if t.ema_decay is not None:
+            require(0 < t.ema_decay < 1, f"config: train.ema_decay must lie in (0, 1) or be null; got {t.ema_decay!r}")
+        require(not t.cfg_training or s.cfg_scale > 1,
+                "config: train.cfg_training trains through real CFG; set sampling.cfg_scale > 1 or cfg_training=false")
+        require(t.kl_coef >= 0, f"config: train.kl_coef must be >= 0; got {t.kl_coef!r}")
+        require(self.rewards, "config: rewards is empty; name at least one reward (e.g. toy_text_alignment)")
+        names = [spec.name for spec in self.rewards]
+        require(len(set(names)) == len(names), f"config: rewards lists a name twice: {names}")
+        require(m.path is not None or m.preset == "toy",
+                f"config: model.path is required for preset {m.preset!r} (only the toy preset has a built-in checkpoint)")
+        self._check_data()
+
+    def _check_data(self) -> None:
+        d = self.data
+        if d.source == "toy":
+            extra = [name for name in REAL_DATA_FIELDS if getattr(d, name) is not None]
+            require(not extra, f"config: data.{extra[0] if extra else ''} is read only with data.source=prompts; "
+                               "remove it or set data.source=prompts")
+            return
+        require(d.prompts is not None, "config: data.source=prompts needs data.prompts (a prompt file, one per line)")
+        require(d.vae is not None, "config: data.source=prompts needs data.vae (a diffusers VAE directory)")
+        require(d.embeddings is not None or d.text_encoder is not None,
+                "config: data.source=prompts needs data.embeddings (precomputed cache) or data.text_encoder")
+        require((d.frames - 1) % VIDEO_VAE_TIME == 0,
+                f"config: data.frames must be 4k + 1 for the video VAE (1 for images, e.g. 53); got {d.frames}")
+        for name in ("height", "width"):
+            require(getattr(d, name) % (2 * VIDEO_VAE_SPACE) == 0,
+                    f"config: data.{name} must be a multiple of {2 * VIDEO_VAE_SPACE} (VAE 8x, patch 2); "
+                    f"got {getattr(d, name)}")
+
+    def local_samples(self, data_parallel: int) -> int:
+        return self.rollout.prompts_per_iteration // data_parallel * self.rollout.group_size
+
+
+def check_layout(config: Config, world_size: int) -> int:
+    """Divisibility of the run over `world_size` ranks; returns the data-parallel size."""
+    p, r, t = config.parallel, config.rollout, config.train
+    _positive_int("parallel.tensor", p.tensor)
+    _positive_int("parallel.ulysses", p.ulysses)
+    model_parallel = p.tensor * p.ulysses
+    require(world_size % model_parallel == 0,
+            f"config: world size {world_size} is not divisible by parallel.tensor x parallel.ulysses = {model_parallel}")
+    require(not p.sequence_parallel or p.tensor > 1, "config: parallel.sequence_parallel needs parallel.tensor > 1")
+    dp = world_size // model_parallel
+    require(r.prompts_per_iteration % dp == 0,
+            f"config: rollout.prompts_per_iteration={r.prompts_per_iteration} must divide by the data-parallel size {dp} "
+            f"(world {world_size} / (tensor {p.tensor} x ulysses {p.ulysses}))")
+    samples = config.local_samples(dp)
+    kept = samples // r.group_size * (t.best_of_n or r.group_size)
+    if r.micro_batch:
+        require(samples % r.micro_batch == 0,
+                f"config: rollout.micro_batch={r.micro_batch} must divide the local samples per iteration ({samples})")
+    require(kept % t.updates_per_rollout == 0,
+            f"config: train.updates_per_rollout={t.updates_per_rollout} must divide the kept local samples ({kept})")
+    if t.micro_batch:
+        per_update = kept // t.updates_per_rollout
+        require(per_update % t.micro_batch == 0,
+                f"config: train.micro_batch={t.micro_batch} must divide the samples per update ({per_update})")
+    return dp
+
+
+def check_paths(config: Config) -> None:
+    """The one place that looks at the file system: every configured path must exist.
+    Skipped by `dancegrpo-hpc validate --no-check-paths` (cluster configs on a dev machine)."""
+    m, d = config.model, config.data
+    if m.path is not None:
+        require(os.path.isdir(m.path), f"config: model.path {m.path!r} is not a directory; give a diffusers-format "
+                                       "checkpoint directory (config.json + *.safetensors)")
+    if d.prompts is not None:
+        require(os.path.isfile(d.prompts), f"config: data.prompts {d.prompts!r} is not a file; give a prompt file")
+    for name in ("embeddings", "text_encoder", "vae", "reference_images"):
+        path = getattr(d, name)
+        if path is not None:
+            require(os.path.isdir(path), f"config: data.{name} {path!r} is not a directory")
+
+
+def check_runnable(config: Config) -> None:
+    """What this trainer can run today (called by the trainer; `validate` does not)."""
+    require(config.data.source == "toy",
+            f"config: data.source={config.data.source!r}: the real-data pipeline is not wired into the trainer yet; "
+            "`dancegrpo-hpc validate` checks this config, train with data.source=toy")
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"config: {name} must be an integer >= {minimum}; got {value!r}")
+
+
+def _positive_float(name: str, value) -> None:
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and value == value,
+            f"config: {name} must be a positive number; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML and overrides
+
+def _build(cls, data: Any, where: str):
+    """A dataclass from a dict, strictly: unknown keys and wrong types name the key."""
+    require(isinstance(data, dict), f"config: {where or 'top level'} must be a mapping; got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"config: unknown key {'.'.join(filter(None, [where, unknown[0]]))!r}; "
+                         f"known keys{' under ' + where if where else ''}: {', '.join(sorted(known))}")
+    values = {name: _coerce(hints[name], value, f"{where}.{name}" if where else name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint, value, where: str):
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else _build(hint, value, where)
+    if origin is type(None) or hint is type(None):
+        require(value is None, f"config: {where} must be null")
+        return None
+    if origin is not None and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)][0]
+        return None if value is None else _coerce(inner, value, where)
+    if origin in (list, List, Sequence):
+        require(isinstance(value, (list, tuple)), f"config: {where} must be a list; got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        require(isinstance(value, (list, tuple)) and len(value) == len(args),
+                f"config: {where} must be a list of {len(args)} values; got {value!r}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if origin in (dict, Dict):
+        require(isinstance(value, dict), f"config: {where} must be a mapping; got {value!r}")
+        return dict(value)
+    if hint is float:
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), f"config: {where} must be a number; got {value!r}")
+        return float(value)
+    if hint is int:
+        require(isinstance(value, int) and not isinstance(value, bool), f"config: {where} must be an integer; got {value!r}")
+        return value
+    if hint is bool:
+        require(isinstance(value, bool), f"config: {where} must be true or false; got {value!r}")
+        return value
+    if hint is str:
+        require(isinstance(value, str), f"config: {where} must be a string; got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """`a.b.c=value` (value parsed as YAML: numbers, true/false, null, lists)."""
+    for item in overrides:
+        require("=" in item, f"config override {item!r} must look like key.sub=value (e.g. train.iterations=5)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        require(all(parts), f"config override {item!r}: empty key part")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            require(isinstance(node, dict), f"config override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def _defaults_dict() -> Dict[str, Any]:
+    return dataclasses.asdict(Config())
+
+
+def _merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: Dict[str, Any], paths: bool = True) -> Config:
+    """paths=False skips check_paths (a cluster config checked on another machine)."""
+    merged = _merge(_defaults_dict(), data or {})
+    if isinstance(merged.get("rewards"), list):
+        merged["rewards"] = [_reward_spec(item, i) for i, item in enumerate(merged["rewards"])]
+    config = _build(Config, merged, "")
+    config.check()
+    if paths:
+        check_paths(config)
+    return config
+
+
+def _reward_spec(item, index: int) -> RewardSpec:
+    if isinstance(item, RewardSpec):
+        return item
+    require(isinstance(item, dict) and "name" in item, f"config: rewards[{index}] must be a mapping with a name")
+    return _build(RewardSpec, item, f"rewards[{index}]")
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = (), paths: bool = True) -> Config:
+    data: Dict[str, Any] = {}
+    if path is not None:
+        require(os.path.isfile(path), f"config file {path!r} does not exist")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        require(isinstance(data, dict), f"config file {path}: top level must be a mapping")
+    return config_from_dict(apply_overrides(data, overrides), paths=paths)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+__all__ = ["Config", "ModelConfig", "ParallelConfig", "DataConfig", "SamplingConfig", "RolloutConfig", "TrainConfig",
+           "CheckpointConfig", "LoggingConfig", "EvalConfig", "load_config", "config_from_dict", "apply_overrides",
+           "check_layout", "check_paths", "check_runnable", "dump_yaml", "InputError"]

@@ -1,0 +1,9 @@
+"""Where prompts, conditioning and decoding come from: a `World` per data source.
+
+A world gives train / held-out prompts, turns prompts into conditioning, decodes
+latents into videos for the rewards, and builds the policy model.
+"""
+
+from .world import World, build_world
+
+__all__ = ["World", "build_world"]

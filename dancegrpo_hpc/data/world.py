@@ -1,0 +1,70 @@
+"""World interface and the embedded toy world adapter."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from ..rl.policy import Conditioning
+
+
+class World:
+    """train_prompts / eval_prompts: lists of prompts; latent_shape: (C, F, H, W)."""
+
+    train_prompts: List[str]
+    eval_prompts: List[str]
+    latent_shape: Tuple[int, int, int, int]
+
+    def encode(self, prompts: List[str], device, negative: bool = False) -> Conditioning:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, F, H, W] latents -> [B, F, 3, H, W] videos in [0, 1]."""
+        raise NotImplementedError
+
+    def load_policy(self, **options):
+        raise NotImplementedError
+
+
+class ToyWorldAdapter(World):
+    """The procedural shapes world: toy text encoder, fixed toy VAE, committed toy DiT."""
+
+    def __init__(self, config):
+        from ..models.toy import ToyTextEncoder, ToyVAE, ToyWorld
+        from ..models.hunyuan_video.config import preset
+
+        d = config.data
+        self.config = config
+        self.world = ToyWorld(frames=d.frames, height=d.height, width=d.width, seed=config.seed)
+        self.model_config = preset(config.model.preset)
+        self.text = ToyTextEncoder.for_model(self.model_config) if hasattr(ToyTextEncoder, "for_model") else ToyTextEncoder()
+        self.vae = ToyVAE()
+        self.train_prompts = self.world.prompts("train")
+        self.eval_prompts = self.world.prompts("eval")[: d.eval_prompts]
+        probe = self.vae.encode(torch.zeros(1, d.frames, 3, d.height, d.width))
+        self.latent_shape = tuple(probe.shape[1:])
+
+    def encode(self, prompts: List[str], device, negative: bool = False) -> Conditioning:
+        with torch.no_grad():
+            embeds, mask, pooled = self.text.encode(prompts)
+            cond = Conditioning(embeds.to(device), mask.to(device), pooled.to(device))
+            if negative:
+                ne, nm, npool = self.text.encode([""] * len(prompts))
+                cond.negative = Conditioning(ne.to(device), nm.to(device), npool.to(device))
+        return cond
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.vae.decode(latents.float().cpu())
+
+    def load_policy(self, **options):
+        from ..models.toy import TOY_CHECKPOINT, load_toy_model
+
+        return load_toy_model(self.config.model.path or TOY_CHECKPOINT, **options)
+
+
+def build_world(config) -> World:
+    if config.data.source == "toy":
+        return ToyWorldAdapter(config)
+    raise ValueError(f"data.source {config.data.source!r} is not supported")

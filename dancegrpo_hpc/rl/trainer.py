@@ -1,0 +1,350 @@
+"""The GRPO trainer: one loop for every model, world and scale.
+
+iteration = prompts -> rollouts (rewards overlap the sampling) -> advantages on
+the global batch -> policy update -> metrics / evaluation / checkpoint.
+Data parallelism is over prompt groups; TP and Ulysses come from the DiT.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..checks import require
+from ..config import Config, check_layout
+from ..sampling import flow_sigmas
+from ..sampling.sampler import sample
+from .assign import assign_advantages
+from .optim import EMA, build_optimizer, local_optimizer, warmup_schedule
+from .policy import VelocityOptions, velocity
+from .rollout import RolloutSettings
+from .seeding import derive_seed, randn_per_sample
+from .worker import PolicyWorker, UpdateSettings
+
+
+@dataclass
+class Topology:
+    device: torch.device
+    rank: int
+    world: int
+    dp_rank: int
+    dp: int
+    tp_rank: int
+    cp_rank: int
+    dp_group: Optional[dist.ProcessGroup]
+    dp_cp_group: Optional[dist.ProcessGroup]
+    tp_group: Optional[dist.ProcessGroup]
+
+    @staticmethod
+    def create(config: Config) -> "Topology":
+        from megatron.core import parallel_state as ps
+
+        from ..distributed import parallel
+
+        parallel.initialize(config.parallel.tensor, config.parallel.ulysses)
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return Topology(device, dist.get_rank(), dist.get_world_size(), ps.get_data_parallel_rank(),
+                        ps.get_data_parallel_world_size(), ps.get_tensor_model_parallel_rank(),
+                        ps.get_context_parallel_rank(), ps.get_data_parallel_group(),
+                        ps.get_data_parallel_group(with_context_parallel=True), ps.get_tensor_model_parallel_group())
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenates a per-rank tensor over the data-parallel group (rank order)."""
+        if self.dp == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.dp)]
+        dist.all_gather(parts, t.contiguous(), group=self.dp_group)
+        return torch.cat(parts)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.dp > 1:
+            dist.all_reduce(t, group=self.dp_group)
+        return t
+
+
+def _to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
+    return {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+class Trainer:
+    def __init__(self, config: Config, resume: str = "none", world=None):
+        """world: a data.World to use instead of the one config.data names (tests, embedding)."""
+        from ..attention import AttentionConfig
+        from ..checkpoint import resolve_resume
+        from ..data import build_world
+        from ..models.hunyuan_video.spec import LayerSpec
+        from ..rewards import AsyncRewardRunner, build_rewards
+
+        self.config = c = config
+        self.topo = Topology.create(c)
+        check_layout(c, self.topo.world)
+        self.resume_path = resolve_resume(resume, c.output_dir)
+        self.world = world if world is not None else build_world(c)
+        m = c.model
+        self.model = self.world.load_policy(
+            sequence_parallel=c.parallel.sequence_parallel, spec=LayerSpec(m.layer_spec, m.fp8),
+            attention=AttentionConfig(backend=m.attention), adaln=m.adaln, dtype=_to_dtype(m.dtype),
+            device=self.topo.device, checkpoint_fraction=m.activation_checkpointing)
+        self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        t = c.train
+        self.optimizer = build_optimizer(self.params, lr=t.lr, betas=t.betas, eps=t.adam_eps,
+                                         weight_decay=t.weight_decay, group=self.topo.dp_cp_group,
+                                         zero=c.parallel.zero)
+        self.scheduler = warmup_schedule(self.optimizer, t.lr_warmup * t.updates_per_rollout * t.epochs)
+        self.ema = EMA(self.params, t.ema_decay) if t.ema_decay is not None else None
+        reference = None
+        if t.kl_coef > 0:
+            reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.reward_specs = build_rewards(c.rewards)
+        self.weights = {spec.name: spec.weight for spec, _ in self.reward_specs}
+        self.runner = AsyncRewardRunner(self.reward_specs, max_workers=c.rollout.reward_workers)
+        s, r = c.sampling, c.rollout
+        self.velocity_opts = VelocityOptions(cfg_scale=s.cfg_scale, guidance=m.guidance,
+                                             autocast=_to_dtype(t.autocast), train_uncond=t.cfg_training)
+        rollout = RolloutSettings(s.steps, s.shift, s.kind, s.eta, r.group_size, r.micro_batch, r.buffer_device, c.seed)
+        update = UpdateSettings(t.timestep_fraction, t.clip_range, t.adv_clip_max, t.updates_per_rollout, t.epochs,
+                                t.micro_batch, t.grad_clip, t.kl_coef, c.seed)
+        self.worker = PolicyWorker(self.model, self.params, self.optimizer, self.scheduler, rollout=rollout,
+                                   update=update, velocity_opts=self.velocity_opts, dp_group=self.topo.dp_group,
+                                   dp_cp_group=self.topo.dp_cp_group, tp_group=self.topo.tp_group, ema=self.ema,
+                                   reference=reference)
+        self.iteration = 0
+        self.history: List[Dict] = []
+        self.state: Dict = {"wall_s": 0.0}
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.topo.rank == 0
+
+    def prompts_for(self, iteration: int):
+        """This rank's prompts of an iteration and their global indices in it. Prompt
+        order: a fresh seeded permutation of the train prompts per epoch."""
+        c, prompts = self.config, self.world.train_prompts
+        per_iter = c.rollout.prompts_per_iteration
+        chosen = []
+        for pos in range(iteration * per_iter, (iteration + 1) * per_iter):
+            epoch, within = divmod(pos, len(prompts))
+            g = torch.Generator().manual_seed(derive_seed(c.seed, "prompt-order", epoch))
+            chosen.append(prompts[int(torch.randperm(len(prompts), generator=g)[within])])
+        local = per_iter // self.topo.dp
+        ids = torch.arange(self.topo.dp_rank * local, (self.topo.dp_rank + 1) * local)
+        return [chosen[i] for i in ids.tolist()], ids
+
+    # ------------------------------------------------------------------------------------------
+    def run_iteration(self, iteration: int) -> Dict[str, float]:
+        c, topo = self.config, self.topo
+        t0 = time.perf_counter()
+        prompts, prompt_ids = self.prompts_for(iteration)
+        cond = self.world.encode(prompts, topo.device, negative=c.sampling.cfg_scale > 1)
+        g = c.rollout.group_size
+        sample_prompts = [p for p in prompts for _ in range(g)]
+        sample_ids = (prompt_ids.repeat_interleave(g) * g + torch.arange(g).repeat(len(prompts))).long()
+
+        def submit(final, part):
+            self.runner.submit(self.world.decode(final), sample_prompts[part], sample_ids[part].tolist())
+
+        batch = self.worker.generate_rollouts(cond, prompts, prompt_ids, iteration, self.world.latent_shape, submit)
+        t_rollout = time.perf_counter()
+        results = self.runner.collect()
+        t_rewards = time.perf_counter()
+        names = list(self.weights)
+        local_scores = torch.stack([results.scores[n].float() for n in names], dim=1)  # [N, R]
+        scores_all = topo.all_gather(local_scores.to(topo.device)).cpu()
+        failed_all = topo.all_gather(results.failed.to(topo.device)).cpu().bool()
+        scores = {n: scores_all[:, i] for i, n in enumerate(names)}
+        assigned = assign_advantages(scores, failed_all, self.weights, g, c.train.algorithm, c.train.best_of_n)
+        n_local = len(batch)
+        mine = slice(topo.dp_rank * n_local, (topo.dp_rank + 1) * n_local)
+        keep = assigned.keep[mine]
+        kept_rows = torch.nonzero(keep).flatten()
+        stats: Dict[str, float] = {}
+        if int(assigned.keep.sum()) > 0:
+            stats = self.worker.update_policy(batch.select(kept_rows), assigned.advantages[mine][kept_rows], iteration)
+        t_train = time.perf_counter()
+        ok = ~failed_all
+        metrics = {
+            "iteration": iteration + 1,
+            "reward_mean": float(assigned.reward_total[ok].mean()) if ok.any() else float("nan"),
+            "loss": stats.get("loss", float("nan")),
+        }
+        for i, n in enumerate(names):
+            col = scores_all[:, i]
+            metrics[f"reward_{n}"] = float(col[ok].mean()) if ok.any() else float("nan")
+        metrics.update({k: v for k, v in stats.items() if k != "loss"})
+        metrics.update(dropped_groups=assigned.dropped_groups, zero_variance_groups=assigned.zero_variance_groups,
+                       reward_failures=int(failed_all.sum()), trained_samples=int(assigned.keep.sum()),
+                       time_rollout_s=t_rollout - t0, time_reward_wait_s=t_rewards - t_rollout,
+                       time_train_s=t_train - t_rewards, iteration_s=time.perf_counter() - t0)
+        if results.errors and self.is_main:
+            for line in results.errors[:5]:
+                print(f"[reward] iteration {iteration + 1}: {line} (group dropped, training continues)", flush=True)
+        if stats.get("skipped_steps", 0) and self.is_main:
+            print(f"[train] iteration {iteration + 1}: skipped {int(stats['skipped_steps'])} optimizer step(s) "
+                  "with a non-finite loss or gradient norm", flush=True)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, keep_videos: int = 0):
+        """Held-out prompts, deterministic ODE sampler, fixed seeds (independent of the
+        iteration): mean rewards, and the first videos of this rank for the sample grid."""
+        c, topo = self.config, self.topo
+        prompts = self.world.eval_prompts
+        mine = list(range(topo.dp_rank, len(prompts), topo.dp))
+        k = c.eval.samples_per_prompt
+        sigmas = flow_sigmas(c.sampling.steps, c.sampling.shift).to(torch.float64)
+        names = list(self.weights)
+        sums = torch.zeros(len(names) + 2, dtype=torch.float64)
+        videos = []
+        if self.ema is not None:
+            self.ema.swap()
+        self.model.eval()
+        try:
+            for i in mine:
+                cond = self.world.encode([prompts[i]] * k, topo.device, negative=c.sampling.cfg_scale > 1)
+                seeds = [derive_seed(c.seed, "eval-noise", i, j) for j in range(k)]
+                initial = randn_per_sample(seeds, self.world.latent_shape, topo.device)
+                traj = sample(lambda x, s, _: velocity(self.model, x, s, cond, self.velocity_opts), initial, sigmas,
+                              "ode", store_latents=False)
+                decoded = self.world.decode(traj.final)
+                res = self.runner.run_sync(decoded, [prompts[i]] * k, list(range(k)))
+                ok = ~res.failed
+                total = sum(self.weights[n] * res.scores[n].float() for n in names) / sum(self.weights.values())
+                sums[0] += float(total[ok].sum())
+                for j, n in enumerate(names):
+                    sums[1 + j] += float(res.scores[n][ok].sum())
+                sums[-1] += int(ok.sum())
+                if len(videos) < keep_videos:
+                    videos.append(decoded[0])
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+        sums = topo.sum(sums.to(topo.device)).cpu()
+        count = max(1.0, float(sums[-1]))
+        out = {"reward": float(sums[0]) / count}
+        out.update({f"reward_{n}": float(sums[1 + j]) / count for j, n in enumerate(names)})
+        return out, (torch.stack(videos) if videos else None)
+
+    # ------------------------------------------------------------------------------------------
+    def _checkpoint_states(self):
+        # tensors only: megatron layers add non-tensor extra-state entries
+        model_state = {n: t.detach() for n, t in self.model.state_dict().items() if isinstance(t, torch.Tensor)}
+        optim_state = {"optimizer": local_optimizer(self.optimizer).state_dict()}
+        ema_state = self.ema.state(self.names) if self.ema is not None else None
+        return model_state, optim_state, ema_state
+
+    def _layout(self) -> Dict:
+        p = self.config.parallel
+        return {"tp": p.tensor, "ulysses": p.ulysses, "sequence_parallel": p.sequence_parallel, "dp": self.topo.dp,
+                "zero": p.zero}
+
+    def save(self, iteration: int) -> None:
+        from ..checkpoint import TrainerState, save_checkpoint
+
+        topo = self.topo
+        model_state, optim_state, ema_state = self._checkpoint_states()
+        trainer_state = TrainerState(
+            iteration=iteration, world_size=topo.world, layout=self._layout(),
+            data_position={"prompts_consumed": iteration * self.config.rollout.prompts_per_iteration},
+            scheduler=self.scheduler.state_dict(), metrics_history=self.history, config=self.config.to_dict(),
+            extra=self.state)
+        save_checkpoint(self.config.output_dir, iteration, rank=topo.rank, world_size=topo.world,
+                        model_state=model_state, writes_model=topo.dp_rank == 0 and topo.cp_rank == 0,
+                        shard_tag=f"tp{topo.tp_rank}", optimizer_state=optim_state,
+                        trainer_state=trainer_state if topo.rank == 0 else None, ema_state=ema_state,
+                        keep_last=self.config.checkpoint.keep_last)
+
+    def load(self, path: str) -> None:
+        from ..checkpoint import load_checkpoint, restore_rng_state
+
+        topo = self.topo
+        ckpt = load_checkpoint(path, rank=topo.rank, shard_tag=f"tp{topo.tp_rank}", world_size=topo.world,
+                               layout=self._layout())
+        missing, unexpected = self.model.load_state_dict(ckpt.model_state, strict=False)
+        tensors = {n for n, t in self.model.state_dict().items() if isinstance(t, torch.Tensor)}
+        missing = [n for n in missing if n in tensors]
+        require(not missing and not unexpected, f"resume: checkpoint {path} does not match the model "
+                                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        local_optimizer(self.optimizer).load_state_dict(ckpt.optimizer_state["optimizer"])
+        self.scheduler.load_state_dict(ckpt.trainer_state.scheduler)
+        if self.ema is not None:
+            require(ckpt.ema_state is not None, f"resume: checkpoint {path} has no EMA weights but train.ema_decay is set")
+            self.ema.load(ckpt.ema_state, self.names)
+        restore_rng_state(ckpt.rng_state)
+        self.iteration = int(ckpt.trainer_state.iteration)
+        self.history = list(ckpt.trainer_state.metrics_history)
+        self.state = dict(ckpt.trainer_state.extra)
+
+    # ------------------------------------------------------------------------------------------
+    def train(self) -> Dict:
+        from ..outputs import (MetricsLog, TrainingProgress, format_summary_line, plot_reward_curve, write_summary,
+                               write_video_grid)
+
+        c = self.config
+        start = time.perf_counter()
+        if self.resume_path:
+            self.load(self.resume_path)
+            if self.is_main:
+                print(f"[resume] from {self.resume_path} at iteration {self.iteration}", flush=True)
+        log = MetricsLog(c.output_dir, tensorboard=c.logging.tensorboard,
+                         resume_iteration=self.iteration if self.resume_path else None) if self.is_main else None
+        grid_n = 4 if c.logging.sample_grid else 0
+        if "eval_before" not in self.state:
+            before, videos = self.evaluate(keep_videos=grid_n)
+            self.state["eval_before"] = before
+            if self.is_main and videos is not None:
+                torch.save(videos, os.path.join(c.output_dir, "videos_before.pt"))
+            if self.is_main:
+                print(f"[eval] before training: held-out reward {before['reward']:.4f}", flush=True)
+        bar = TrainingProgress(c.train.iterations, start=self.iteration, rank=self.topo.rank,
+                               print_lines=c.logging.progress)
+        last_saved = self.iteration
+        for it in range(self.iteration, c.train.iterations):
+            metrics = self.run_iteration(it)
+            if c.eval.every and (it + 1) % c.eval.every == 0 and it + 1 < c.train.iterations:
+                ev, _ = self.evaluate()
+                metrics["eval_reward"] = ev["reward"]
+            self.history.append(metrics)
+            self.iteration = it + 1
+            if log is not None:
+                log.log(self.iteration, {k: v for k, v in metrics.items() if k != "iteration"})
+            bar.update(self.iteration, metrics)
+            if c.checkpoint.every and self.iteration % c.checkpoint.every == 0:
+                self._accumulate_wall(start)
+                start = time.perf_counter()
+                self.save(self.iteration)
+                last_saved = self.iteration
+        bar.close()
+        after, videos = self.evaluate(keep_videos=grid_n)
+        self._accumulate_wall(start)
+        if last_saved != self.iteration or self.iteration == 0:
+            self.save(self.iteration)
+        before = self.state["eval_before"]
+        summary = {"reward_before": before["reward"], "reward_after": after["reward"],
+                   "iterations": self.iteration, "wall_s": self.state["wall_s"],
+                   "eval_before": before, "eval_after": after}
+        if self.is_main:
+            write_summary(c.output_dir, summary)
+            plot_reward_curve(self.history, os.path.join(c.output_dir, "reward_curve.png"),
+                              keys=["reward_mean"] + [f"reward_{n}" for n in self.weights])
+            before_path = os.path.join(c.output_dir, "videos_before.pt")
+            if videos is not None and os.path.exists(before_path):
+                old = torch.load(before_path, weights_only=True)
+                write_video_grid({"before": old, "after": videos}, os.path.join(c.output_dir, "samples.gif"))
+            log.close()
+            print(format_summary_line(summary), flush=True)
+        return summary
+
+    def _accumulate_wall(self, since: float) -> None:
+        self.state["wall_s"] = self.state.get("wall_s", 0.0) + time.perf_counter() - since
+
+    def close(self) -> None:
+        self.runner.close()

@@ -1,0 +1,56 @@
+"""`dancegrpo-hpc train CONFIG [key.sub=value ...] [--resume auto]`, also
+`python -m dancegrpo_hpc.train`; the same entry point under torchrun (gloo on CPU,
+nccl on GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default=None, help="YAML config (default: the toy world defaults)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iterations=5 output_dir=runs/x")
+    parser.add_argument("--resume", default="none",
+                        help="'auto' (latest checkpoint in output_dir, if any), 'none', or a checkpoint directory")
+
+
+def run(args) -> int:
+    if os.environ.get("THP_MEM_ALLOC_ENABLE") is None and not _cuda_visible():
+        # on CPU, transparent huge pages make fresh allocations several times cheaper (read at torch import)
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    # cheap first: the config is parsed and checked before any model or data is touched
+    from .config import load_config
+
+    config_path = args.config
+    overrides = list(args.overrides)
+    if config_path is not None and "=" in config_path and not os.path.exists(config_path):
+        overrides.insert(0, config_path)
+        config_path = None
+    config = load_config(config_path, overrides)
+    from .rl.trainer import Trainer
+
+    trainer = Trainer(config, resume=args.resume)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+        from .distributed import parallel
+
+        parallel.destroy()
+    return 0
+
+
+def _cuda_visible() -> bool:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1") or os.path.exists("/dev/nvidia0")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dancegrpo-hpc train", description="GRPO training")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The GRPO trainer end to end on the tiny synthetic world: outputs, reward
+failures, non-finite steps, data-parallel equivalence and kill -9 resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dist_utils import run_ranks
+from trainer_utils import TinyWorld, tiny_config
+
+from dancegrpo_hpc.rewards import register_reward
+from dancegrpo_hpc.rl.trainer import Trainer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COMPARED = ("reward_mean", "loss", "reward_test_brightness", "reward_test_contrast", "grad_norm", "clip_fraction")
+
+
+def _train(config, world=None):
+    trainer = Trainer(config, world=world or TinyWorld())
+    try:
+        summary = trainer.train()
+        weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        return summary, list(trainer.history), weights
+    finally:
+        trainer.close()
+
+
+def test_run_writes_metrics_summary_and_checkpoints(tmp_path):
+    summary, history, _ = _train(tiny_config(tmp_path, logging={"tensorboard": True, "sample_grid": True}))
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [m["iteration"] for m in lines] == [1, 2]
+    for key in ("iteration", "reward_mean", "loss", "reward_test_brightness", "reward_test_contrast"):
+        assert all(key in m for m in lines), key
+    assert all(m["optimizer_steps"] == 1 and m["skipped_steps"] == 0 for m in lines)
+    saved = json.load(open(tmp_path / "summary.json"))
+    for key in ("reward_before", "reward_after", "iterations", "wall_s"):
+        assert key in saved
+    assert saved["iterations"] == 2 and saved["wall_s"] > 0
+    assert open(tmp_path / "checkpoints" / "latest").read().strip() == "iter_0000002"
+    assert (tmp_path / "reward_curve.png").exists() and (tmp_path / "samples.gif").exists()
+    assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+class _FailsFor:
+    """Raises for one prompt's batch, returns NaN for another prompt's samples."""
+
+    name = "flaky"
+
+    def __call__(self, videos, prompts, **_):
+        if "prompt 1" in prompts:
+            raise RuntimeError("reward server unavailable")
+        out = videos.mean(dim=(1, 2, 3, 4))
+        out[[p == "prompt 2" for p in prompts]] = float("nan")
+        return out
+
+
+def test_reward_failures_drop_groups_and_training_continues(tmp_path):
+    register_reward("flaky", lambda **_: _FailsFor(), replace=True)
+    config = tiny_config(tmp_path, rewards=[{"name": "flaky", "weight": 1.0}],
+                         rollout={"micro_batch": 4}, train={"iterations": 2}, data={"eval_prompts": 1})
+    _, history, _ = _train(config)
+    # each iteration sees 4 of the 8 prompts; prompts 1 and 2 appear once in the two iterations
+    assert sum(m["dropped_groups"] for m in history) == 2
+    assert sum(m["reward_failures"] for m in history) == 8
+    for m in history:
+        assert m["trained_samples"] == 16 - 4 * m["dropped_groups"]
+        assert m["optimizer_steps"] == 1 and torch.isfinite(torch.tensor(m["loss"]))
+
+
+def test_nonfinite_loss_step_is_skipped_and_reported(tmp_path, monkeypatch):
+    import dancegrpo_hpc.rl.worker as worker
+
+    real = worker.grpo_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 1 else loss), stats
+
+    monkeypatch.setattr(worker, "grpo_loss", poisoned)
+    config = tiny_config(tmp_path, train={"iterations": 1, "updates_per_rollout": 2})
+    trainer = Trainer(config, world=TinyWorld())
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.close()
+    m = trainer.history[0]
+    assert m["skipped_steps"] == 1 and m["optimizer_steps"] == 1
+    assert any(not torch.equal(before[n], after[n]) for n in before), "the second, finite step must still update"
+    assert all(torch.isfinite(p).all() for p in after.values())
+
+
+def _dp_run(rank, world, output_dir):
+    config = tiny_config(os.path.join(output_dir, f"w{world}"), train={"iterations": 2, "updates_per_rollout": 2},
+                         checkpoint={"every": 0}, parallel={"zero": True})
+    summary, history, weights = _train(config)
+    return history, weights
+
+
+@pytest.mark.distributed
+def test_two_rank_data_parallel_equals_one_rank(tmp_path):
+    (single,) = run_ranks(1, _dp_run, str(tmp_path))
+    both = run_ranks(2, _dp_run, str(tmp_path))
+    h1, w1 = single
+    for h2, w2 in both:
+        for a, b in zip(h1, h2):
+            for key in COMPARED:
+                assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
+        for name in w1:
+            torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6)
+    moved = max(float((w1[n] - both[0][1][n]).abs().max()) for n in w1)
+    assert moved < 1e-5
+
+
+def _run(output_dir, iterations, resume):
+    cmd = [sys.executable, os.path.join(HERE, "run_tiny_training.py"), str(output_dir), str(iterations), resume]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_kill9_mid_iteration_then_resume_matches_uninterrupted(tmp_path):
+    full = _run(tmp_path / "full", 4, "none")
+    victim = _run(tmp_path / "killed", 4, "none")
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "iter_0000002"):
+        assert victim.poll() is None, victim.communicate()[0]
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)  # now inside iteration 3
+    victim.wait()
+    assert latest.read_text().strip() == "iter_0000002"
+    resumed = _run(tmp_path / "killed", 4, "auto")
+    out_resumed, out_full = resumed.communicate(timeout=600)[0], full.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out_resumed
+    assert full.returncode == 0, out_full
+    assert "[resume] from" in out_resumed
+    a = [json.loads(x) for x in open(tmp_path / "full" / "metrics.jsonl")]
+    b = [json.loads(x) for x in open(tmp_path / "killed" / "metrics.jsonl")]
+    assert [m["iteration"] for m in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        for key in COMPARED:
+            assert x[key] == y[key], (x["iteration"], key, x[key], y[key])
+    sa = json.load(open(tmp_path / "full" / "summary.json"))
+    sb = json.load(open(tmp_path / "killed" / "summary.json"))
+    assert sa["reward_after"] == sb["reward_after"] and sa["reward_before"] == sb["reward_before"]
