@@ -151,7 +151,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        """Checks that need no world size, weights or file system: choices and ranges."""
+        """Checks that need no world size, weights or file system: choices, ranges and
+        which fields go together (path existence: check_paths)."""
         m, s, r, t = self.model, self.sampling, self.rollout, self.train
         check_choice("config", "model.dtype", m.dtype, DTYPES)
         check_choice("config", "model.attention", m.attention, ATTENTION_BACKENDS)
@@ -203,7 +204,8 @@ class Config:
         names = [spec.name for spec in self.rewards]
         require(len(set(names)) == len(names), f"config: rewards lists a name twice: {names}")
         require(m.path is not None or m.preset == "toy",
-                f"config: model.path is required for preset {m.preset!r} (only the toy preset has a built-in checkpoint)")
+                f"config: model.path is required for preset {m.preset!r} (only the toy preset has a built-in "
+                "checkpoint)")
         self._check_data()
 
     def _check_data(self) -> None:
@@ -231,6 +233,7 @@ class Config:
 def check_layout(config: Config, world_size: int) -> int:
     """Divisibility of the run over `world_size` ranks; returns the data-parallel size."""
     p, r, t = config.parallel, config.rollout, config.train
+    _positive_int("world size", world_size)
     _positive_int("parallel.tensor", p.tensor)
     _positive_int("parallel.ulysses", p.ulysses)
     model_parallel = p.tensor * p.ulysses
@@ -324,6 +327,7 @@ def _coerce(hint, value, where: str):
         require(isinstance(value, dict), f"config: {where} must be a mapping; got {value!r}")
         return dict(value)
     if hint is float:
+        value = _yaml11_float(value)
         require(isinstance(value, (int, float)) and not isinstance(value, bool), f"config: {where} must be a number; got {value!r}")
         return float(value)
     if hint is int:
@@ -335,6 +339,16 @@ def _coerce(hint, value, where: str):
     if hint is str:
         require(isinstance(value, str), f"config: {where} must be a string; got {value!r}")
         return value
+    return value
+
+
+def _yaml11_float(value):
+    """YAML 1.1 (PyYAML) reads `1e-5` as a string (it wants `1.0e-5`); take it as the number meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value
 
 

@@ -1,0 +1,228 @@
+"""Per-rank memory estimate of a run, from its config alone (no weights, no GPU).
+
+    estimate_memory(config, world_size) -> {name: bytes per rank}
+
+Assumptions (each term is one entry of the result):
+- parameters: the DiT's parameter count on one TP rank (dit_parameters: counted
+  from the architecture, equal to the model built on the meta device), in model.dtype.
+- gradients: as many as parameters, same dtype, counted as resident (the training
+  peak holds them even though zero_grad(set_to_none) frees them between updates).
+- optimizer: AdamW's two moments in float32 (8 bytes per parameter, the upper
+  bound for bfloat16 parameters), divided over dp x ulysses ranks under
+  parallel.zero (ZeRO-1 over the data x context-parallel group).
+- ema: a float32 copy of this rank's parameters when train.ema_decay is set.
+- reference: a copy of the model in model.dtype when train.kl_coef > 0.
+- rollout_latents: (T + 1) float32 latents per local sample (every Ulysses / TP
+  rank keeps the whole latents of its data-parallel rank's samples), on the device
+  or in pinned host memory as rollout.buffer_device says (host_pinned).
+- rollout_log_probs: T float32 log-probs per local sample (always on the device).
+- conditioning: per-sample text embeddings + pooled vector in float32 (doubled
+  for the negative prompt under real CFG).
+- activations: one training micro-batch forward + backward under activation
+  checkpointing (formula at _activation_bytes); rollout_forward: one no-grad
+  sampling micro-batch. Training and rollout alternate, so the total counts the
+  larger of the two.
+Not counted: CUDA context and kernels' workspaces, NCCL buffers, allocator
+fragmentation, the VAE, text encoder and reward models (real data), so leave
+headroom (10-20 GiB on an 80 GB GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Dict, Tuple
+
+from .checks import InputError, require
+from .config import VIDEO_VAE_SPACE, VIDEO_VAE_TIME, Config, check_layout
+
+GIB = 2**30
+VIDEO_VAE_CHANNELS = 16  # the HunyuanVideo VAE's latent channels
+VIDEO_TEXT_TOKENS = 256  # HunyuanVideo's LLaVA text length (diffusers max_sequence_length)
+TOY_SPATIAL_FACTOR = 2  # the toy VAE's 2x2 pixel-unshuffle (used when the toy package cannot be imported)
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+# Elements saved per token per hidden unit by one HunyuanVideo block for its backward
+# (Korthikanti et al. 2022, "Reducing Activation Recomputation", with no dropout and
+# flash/SDPA attention, so no S^2 term), adapted to AdaLN + qk-norm + RoPE:
+# the two norms and their modulated outputs (4, replicated over TP unless Megatron SP
+# splits them); q/k before the norm, before RoPE and after it, v, the attention output
+# (8); the MLP's GELU input and fc2 input at ratio 4 (8). Single-stream blocks
+# (attention and MLP side by side) save about the same.
+BLOCK_NORM_ELEMENTS, BLOCK_SPLIT_ELEMENTS = 4, 16
+# Live elements per token per hidden unit inside one block of a no-grad forward: the
+# residual, the normed input and the 4x MLP hidden before and after GELU.
+FORWARD_NORM_ELEMENTS, FORWARD_SPLIT_ELEMENTS = 2, 8
+
+
+def model_config(config: Config):
+    """The HunyuanVideoConfig the run builds: model.path's config.json when it is there,
+    the toy checkpoint's for preset toy, else the named preset."""
+    import json
+
+    with warnings.catch_warnings():  # the model package imports megatron-core, which warns that TE / Apex are absent
+        warnings.simplefilter("ignore")
+        from .models.hunyuan_video.config import PRESETS, HunyuanVideoConfig
+
+    name, path = config.model.preset, config.model.path
+    if path is None and name == "toy":
+        try:
+            from .models.toy import TOY_CHECKPOINT
+        except ImportError:  # the toy package is optional here: fall back to a registered "toy" preset
+            TOY_CHECKPOINT = None
+        path = TOY_CHECKPOINT
+    if path is not None and os.path.isfile(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            return HunyuanVideoConfig.from_diffusers(json.load(f), variant=name)
+    if name == "toy" and name not in PRESETS:
+        raise InputError(f"config: model.preset 'toy': the toy checkpoint {path!r} has no config.json; run "
+                         "tools/pretrain_toy.py to create it")
+    require(name in PRESETS, f"config: model.preset {name!r} is unknown; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def latent_shape(config: Config, model) -> Tuple[int, int, int, int]:
+    """(C, F, H, W) of one sample's latents: the toy VAE's for the toy world, else the
+    video VAE's (time 4x: (F - 1) / 4 + 1 latent frames; space 8x; 16 channels)."""
+    d = config.data
+    if d.source == "toy":
+        try:
+            from .models.toy import ToyVAE
+        except ImportError:
+            return (model.out_channels, d.frames, d.height // TOY_SPATIAL_FACTOR, d.width // TOY_SPATIAL_FACTOR)
+        return tuple(ToyVAE().latent_shape(d.frames, d.height, d.width))
+    return (VIDEO_VAE_CHANNELS, (d.frames - 1) // VIDEO_VAE_TIME + 1, d.height // VIDEO_VAE_SPACE,
+            d.width // VIDEO_VAE_SPACE)
+
+
+def text_tokens(config: Config, model) -> int:
+    if config.data.source == "toy":
+        from .models.toy import ToyTextEncoder
+
+        return ToyTextEncoder(model.text_embed_dim, model.pooled_projection_dim).max_tokens
+    return VIDEO_TEXT_TOKENS
+
+
+def video_tokens(shape, model) -> int:
+    _, f, h, w = shape
+    return math.ceil(f / model.patch_size_t) * (h // model.patch_size) * (w // model.patch_size)
+
+
+def dit_parameters(model, tp: int = 1, adaln: str = "replicated") -> int:
+    """Parameters of the HunyuanVideo DiT on one TP rank, counted from its structure
+    (tests/test_config.py holds it equal to the model built on the meta device).
+    Column-parallel linears split weight and bias; row-parallel ones split the weight
+    and keep the bias whole; norms, embedders and the output head are replicated."""
+    d, m, hd = model.hidden_size, model.mlp_hidden, model.attention_head_dim
+
+    def col(i, o):
+        return _linear(i, o, tp)
+
+    def row(i, o):
+        return _linear(i, o, tp, bias_split=False)
+
+    def embedder(i):  # MLPEmbedder: linear -> SiLU -> linear
+        return _linear(i, d) + _linear(d, d)
+
+    def modulation(chunks):  # AdaLN linear, replicated or column-parallel
+        return col(d, chunks * d) if adaln == "column" else _linear(d, chunks * d)
+
+    patch = model.patch_size_t * model.patch_size ** 2
+    embed = model.in_channels * patch * d + d + embedder(256) + embedder(model.pooled_projection_dim)
+    embed += embedder(256) if model.guidance_embeds else 0
+    refiner_in = embedder(256) + embedder(model.text_embed_dim) + _linear(model.text_embed_dim, d)
+    refiner = 4 * d + col(d, 3 * d) + row(d, d) + col(d, m) + row(m, d) + _linear(d, 2 * d)
+    dual = 2 * (modulation(6) + col(d, 3 * d) + row(d, d) + col(d, m) + row(m, d)) + 4 * hd
+    single = modulation(3) + col(d, 3 * d + m) + 2 * hd + row(d + m, d)
+    head = _linear(d, 2 * d) + _linear(d, patch * model.out_channels)
+    return (embed + refiner_in + model.num_refiner_layers * refiner + model.num_layers * dual
+            + model.num_single_layers * single + head)
+
+
+def _linear(i: int, o: int, split: int = 1, bias_split: bool = True) -> int:
+    return i * o // split + (o // split if bias_split else o)
+
+
+def parameter_counts(config: Config, model) -> Dict[str, int]:
+    """total parameters and this TP rank's share."""
+    return {"parameters": dit_parameters(model, 1, config.model.adaln),
+            "parameters_per_rank": dit_parameters(model, config.parallel.tensor, config.model.adaln)}
+
+
+def batch_sizes(config: Config, dp: int) -> Dict[str, int]:
+    """Samples per data-parallel rank: per iteration, kept after best-of-N, per update,
+    per training forward and per sampling forward (CFG runs cond + uncond as one batch)."""
+    r, t = config.rollout, config.train
+    local = config.local_samples(dp)
+    kept = local // r.group_size * (t.best_of_n or r.group_size)
+    per_update = kept // t.updates_per_rollout
+    cfg = 2 if config.sampling.cfg_scale > 1 else 1
+    return {"local": local, "kept": kept, "per_update": per_update,
+            "train_forward": (t.micro_batch or per_update) * (2 if t.cfg_training else 1),
+            "rollout_forward": (r.micro_batch or local) * cfg}
+
+
+def _activation_bytes(config: Config, model, tokens: int, batch: int, training: bool) -> int:
+    """Training (checkpointed fraction f of L blocks, TP t, Megatron SP, Ulysses u, s = S / u
+    tokens per rank, element size e, micro-batch b):
+        b * s * h * e * [ L * i  +  (L - n_ckpt + [n_ckpt > 0]) * c  +  2 * i ]
+    i = 1/t with SP else 1 (a checkpointed block keeps only its input); c = 4 * i + 16 / t
+    (a block's saved internals, above); the stored-internals term counts the blocks that
+    are not checkpointed plus the one block being recomputed in backward; 2 * i is the
+    gradient flowing in and out of that block. No-grad rollout forward: the internals of
+    one block, b * s * h * e * (2 * i + 8 / t). Attention (flash / SDPA kernels) keeps only
+    O(S) statistics, so no S^2 term."""
+    p, m = config.parallel, config.model
+    t, u = p.tensor, p.ulysses
+    norm_split = t if p.sequence_parallel else 1
+    e = 2 if (m.dtype == "bfloat16" or config.train.autocast == "bfloat16") else 4
+    per_layer = math.ceil(tokens / u) * model.hidden_size * batch * e
+    blocks = model.num_layers + model.num_single_layers
+    if not training:
+        return int(per_layer * (FORWARD_NORM_ELEMENTS / norm_split + FORWARD_SPLIT_ELEMENTS / t))
+    checkpointed = math.floor(blocks * m.activation_checkpointing)
+    inputs = 1 / norm_split
+    internals = BLOCK_NORM_ELEMENTS / norm_split + BLOCK_SPLIT_ELEMENTS / t
+    stored = blocks - checkpointed + (1 if checkpointed else 0)
+    return int(per_layer * (blocks * inputs + stored * internals + 2 * inputs))
+
+
+def estimate_memory(config: Config, world_size: int, model=None) -> Dict[str, int]:
+    """Bytes per rank (see the module docstring). `total` is device memory; host_pinned
+    is the rollout buffer when it lives in pinned host memory. `model`: the resolved
+    HunyuanVideoConfig, when the caller has it already."""
+    model = model if model is not None else model_config(config)
+    dp = check_layout(config, world_size)
+    p, t = config.parallel, config.train
+    params = parameter_counts(config, model)["parameters_per_rank"]
+    size = _DTYPE_BYTES[config.model.dtype]
+    shape = latent_shape(config, model)
+    tokens = video_tokens(shape, model) + text_tokens(config, model)
+    sizes = batch_sizes(config, dp)
+    steps = config.sampling.steps
+    zero_ranks = dp * p.ulysses if p.zero else 1
+    latents = sizes["local"] * (steps + 1) * math.prod(shape) * 4
+    negative = 2 if config.sampling.cfg_scale > 1 else 1
+    text = text_tokens(config, model) * model.text_embed_dim + model.pooled_projection_dim
+    out = {
+        "parameters": params * size,
+        "gradients": params * size,
+        "optimizer": math.ceil(params * 8 / zero_ranks),
+        "ema": params * 4 if t.ema_decay is not None else 0,
+        "reference": params * size if t.kl_coef > 0 else 0,
+        "rollout_latents": latents if config.rollout.buffer_device == "device" else 0,
+        "rollout_log_probs": sizes["local"] * steps * 4,
+        "conditioning": sizes["local"] * text * 4 * negative,
+        "activations": _activation_bytes(config, model, tokens, sizes["train_forward"], training=True),
+        "rollout_forward": _activation_bytes(config, model, tokens, sizes["rollout_forward"], training=False),
+    }
+    resident = sum(v for k, v in out.items() if k not in ("activations", "rollout_forward"))
+    out["total"] = resident + max(out["activations"], out["rollout_forward"])
+    out["host_pinned"] = latents if config.rollout.buffer_device == "cpu" else 0
+    return out
+
+
+__all__ = ["estimate_memory", "model_config", "latent_shape", "text_tokens", "video_tokens", "dit_parameters",
+           "parameter_counts",
+           "batch_sizes", "GIB"]

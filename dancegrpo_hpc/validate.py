@@ -1,0 +1,203 @@
+"""`dancegrpo-hpc validate CONFIG [key.sub=value ...] [--world-size N]`: checks a run's
+config without weights or GPUs and prints its layout, batch sizes, tokens per sample
+and per-rank memory estimate. Exit 0 when valid; one error line and exit 2 when not.
+
+A config for a GPU cluster validates on a laptop: GPU-only choices (Transformer
+Engine, FP8, flash-attn) are checked by name and reported as run-time needs;
+--no-check-paths skips the file-system checks and --no-check-rewards turns unknown
+reward names into a warning (rewards that register themselves at run time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import sys
+from typing import List, Optional
+
+from .checks import InputError, require
+from .config import Config, check_layout, load_config
+from .memory import GIB, batch_sizes, estimate_memory, latent_shape, model_config, parameter_counts, text_tokens, \
+    video_tokens
+
+# choice -> the package it imports at run time (all need CUDA)
+_RUNTIME_PACKAGES = {("attention", "flash"): "flash_attn", ("attention", "xformers"): "xformers",
+                     ("attention", "te"): "transformer_engine",
+                     ("layer_spec", "transformer_engine"): "transformer_engine"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.ulysses=4")
+    parser.add_argument("--world-size", type=int, default=None,
+                        help="ranks the run will use (default: WORLD_SIZE, else tensor x ulysses)")
+    parser.add_argument("--no-check-paths", action="store_true",
+                        help="skip checking that model and data paths exist (a cluster config on another machine)")
+    parser.add_argument("--no-check-rewards", action="store_true",
+                        help="warn instead of failing on reward names this installation has not registered")
+
+
+def world_size(config: Config, given: Optional[int]) -> int:
+    if given is None and os.environ.get("WORLD_SIZE"):
+        raw = os.environ["WORLD_SIZE"]
+        require(raw.isdigit(), f"validate: environment WORLD_SIZE={raw!r} must be a positive integer")
+        given = int(raw)
+    if given is None:
+        given = config.parallel.tensor * config.parallel.ulysses
+    require(isinstance(given, int) and given >= 1, f"validate: --world-size must be a positive integer; got {given!r}")
+    return given
+
+
+def check_model(config: Config, model, shape) -> None:
+    """What the DiT needs of the layout and the data: heads over TP x Ulysses, widths
+    over TP, the VAE's channels and a latent grid the patch size divides."""
+    p, name = config.parallel, config.model.preset
+    parallel = p.tensor * p.ulysses
+    heads = model.num_attention_heads
+    fits = [str(n) for n in range(1, heads + 1) if heads % n == 0]
+    require(heads % parallel == 0,
+            f"config: parallel.tensor x parallel.ulysses = {parallel} must divide the {heads} attention heads of "
+            f"model.preset {name!r}; use a product in {', '.join(fits)}")
+    require(model.mlp_hidden % p.tensor == 0 and 6 * model.hidden_size % p.tensor == 0,
+            f"config: parallel.tensor={p.tensor} must divide the MLP width {model.mlp_hidden} of model.preset {name!r}")
+    require(model.out_channels == shape[0],
+            f"config: model.preset {name!r} predicts {model.out_channels} latent channels but data.source "
+            f"{config.data.source!r} has {shape[0]}; pick a preset for this data")
+    for axis, size in (("height", shape[2]), ("width", shape[3])):
+        require(size % model.patch_size == 0,
+                f"config: data.{axis} gives {size} latent pixels, not divisible by the patch size {model.patch_size}")
+    image_model = model.in_channels != model.out_channels or model.image_condition_type is not None
+    require(config.data.reference_images is None or image_model,
+            f"config: data.reference_images is set but model.preset {name!r} is not an image-to-video model")
+
+
+def check_rewards(config: Config, strict: bool) -> List[str]:
+    """Names not registered here; an error when strict."""
+    from .rewards import known_rewards
+
+    known = known_rewards()
+    missing = []
+    for i, spec in enumerate(config.rewards):
+        spec.validate(f"rewards[{i}]")
+        if spec.name not in known:
+            require(not strict, f"config: rewards[{i}].name: unknown reward {spec.name!r}; known rewards: "
+                                f"{', '.join(known)} (--no-check-rewards if it registers at run time)")
+            missing.append(spec.name)
+    return missing
+
+
+def runtime_needs(config: Config) -> List[str]:
+    m = config.model
+    needs = []
+    for (field, value), package in _RUNTIME_PACKAGES.items():
+        if getattr(m, field) == value:
+            here = "" if importlib.util.find_spec(package) is not None else ", not installed here"
+            needs.append(f"{package.replace('_', '-')} (model.{field}={value}{here})")
+    if m.fp8 is not None:
+        needs.append(f"Hopper GPUs for FP8 (model.fp8={m.fp8})")
+    if m.attention == "sliding_tile":
+        needs.append("CUDA for FlexAttention's backward (model.attention=sliding_tile)")
+    return sorted(set(needs), key=needs.index)
+
+
+def report(config: Config, world: int, model, missing_rewards: List[str], source: str) -> str:
+    p, r, t, s, d = config.parallel, config.rollout, config.train, config.sampling, config.data
+    dp = check_layout(config, world)
+    counts = parameter_counts(config, model)
+    shape = latent_shape(config, model)
+    video, text = video_tokens(shape, model), text_tokens(config, model)
+    sizes = batch_sizes(config, dp)
+    memory = estimate_memory(config, world, model)
+    trained = math.ceil(t.timestep_fraction * (s.steps - 1))
+    zero = f"ZeRO-1 over dp x ulysses = {dp * p.ulysses} ranks" if p.zero and dp * p.ulysses > 1 else "no ZeRO"
+    lines = [
+        f"{source}: valid",
+        f"model       {model.variant}: {_count(counts['parameters'])} parameters, {model.num_attention_heads} heads x "
+        f"{model.attention_head_dim}, {model.num_layers} dual + {model.num_single_layers} single blocks; "
+        f"{_count(counts['parameters_per_rank'])} per TP rank in {config.model.dtype}",
+        f"layout      world {world} = data {dp} x tensor {p.tensor} x ulysses {p.ulysses}; Megatron SP "
+        f"{'on' if p.sequence_parallel else 'off'}; {zero}",
+        f"rollout     {r.prompts_per_iteration} prompts x {r.group_size} samples per iteration; per data-parallel rank "
+        f"{sizes['local']} samples, {sizes['rollout_forward']} per sampling forward, {s.steps} steps ({s.kind}, "
+        f"eta {s.eta}, shift {s.shift})",
+        f"training    per rank {sizes['kept']} kept samples" + (f" (best {t.best_of_n} of {r.group_size})"
+                                                                 if t.best_of_n else "")
+        + f", {t.updates_per_rollout} x {sizes['per_update']} samples per optimizer step, {sizes['train_forward']} per "
+          f"training forward, {trained} of {s.steps} steps trained per sample",
+        f"tokens      {d.frames} frames x {d.height} x {d.width} -> latent {' x '.join(map(str, shape))} -> "
+        f"{video} video + {text} text tokens per sample; {math.ceil((video + text) / p.ulysses)} per rank "
+        f"(ulysses {p.ulysses})",
+    ]
+    unit, scale = ("GiB", GIB) if memory["total"] >= GIB else ("MiB", 2**20)  # small runs read better in MiB
+    lines.append(f"memory per rank (estimate, {unit}):")
+    for key, note in _memory_notes(config, dp).items():
+        lines.append(f"  {key.replace('_', ' '):<18} {memory[key] / scale:8.2f}  {note}")
+    for need in runtime_needs(config):
+        lines.append(f"needs at run time: {need}")
+    if d.source != "toy":
+        lines.append(f"note: the trainer refuses data.source={d.source} until the real-data pipeline is wired in")
+    if missing_rewards:
+        lines.append(f"warning: rewards not registered here: {', '.join(missing_rewards)} (they must register "
+                     "at run time)")
+    return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def _memory_notes(config: Config, dp: int) -> dict:
+    p, t, m = config.parallel, config.train, config.model
+    zero = dp * p.ulysses if p.zero else 1
+    placement = "pinned host memory" if config.rollout.buffer_device == "cpu" else "device"
+    return {
+        "parameters": f"{m.dtype}, this TP rank's share",
+        "gradients": m.dtype,
+        "optimizer": f"AdamW moments, float32, / {zero} ranks" if zero > 1 else "AdamW moments, float32",
+        "ema": "float32 copy" if t.ema_decay is not None else "(train.ema_decay unset)",
+        "reference": "model copy for KL" if t.kl_coef > 0 else "(train.kl_coef = 0)",
+        "rollout_latents": f"(T + 1) float32 latents per local sample ({placement})" if placement == "device"
+        else "(in pinned host memory, below)",
+        "rollout_log_probs": "T float32 per local sample",
+        "conditioning": "text embeddings per local sample, float32",
+        "activations": f"one training micro-batch, {m.activation_checkpointing:.0%} of blocks checkpointed",
+        "rollout_forward": "one sampling micro-batch, no grad (not added to activations)",
+        "total": "device: resident + max(activations, rollout forward)",
+        "host_pinned": "rollout latents in pinned host memory",
+    }
+
+
+def validate(path: str, overrides=(), world: Optional[int] = None, check_paths: bool = True,
+             strict_rewards: bool = True) -> str:
+    """The report text; raises InputError with one line on the first problem."""
+    config = load_config(path, overrides, paths=check_paths)
+    world = world_size(config, world)
+    check_layout(config, world)
+    model = model_config(config)
+    check_model(config, model, latent_shape(config, model))
+    missing = check_rewards(config, strict_rewards)
+    return report(config, world, model, missing, path)
+
+
+def run(args) -> int:
+    try:
+        text = validate(args.config, args.overrides, args.world_size,
+                        check_paths=not getattr(args, "no_check_paths", False),
+                        strict_rewards=not getattr(args, "no_check_rewards", False))
+    except InputError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dancegrpo-hpc validate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
