@@ -18,20 +18,16 @@ def main(argv=None) -> int:
     from . import train
 
     train.add_arguments(commands.add_parser("train", help="run GRPO training from a YAML config (+ dotted overrides)"))
-    validate = commands.add_parser("validate", help="check a config (divisibility, paths) and print a per-rank "
-                                                    "memory estimate without loading weights")
-    validate.add_argument("config")
-    validate.add_argument("overrides", nargs="*")
-    validate.add_argument("--world-size", type=int, default=None,
-                          help="ranks the run will use (default: WORLD_SIZE, else tensor x ulysses)")
+    from . import validate
+
+    validate.add_arguments(commands.add_parser(
+        "validate", help="check a config (divisibility, paths) and print a per-rank memory estimate without loading weights"))
     args = parser.parse_args(argv)
 
     if args.command == "train":
         return train.run(args)
     if args.command == "validate":
-        from .validate import run as run_validate
-
-        return run_validate(args)
+        return validate.run(args)
 
     if args.command == "check-sampling":
         from .sampling import analytic

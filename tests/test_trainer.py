@@ -97,11 +97,22 @@ def test_nonfinite_loss_step_is_skipped_and_reported(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in after.values())
 
 
+def _parallel_run(rank, world, output_dir, parallel):
+    config = tiny_config(os.path.join(output_dir, f"w{world}-{sorted(parallel.items())}"),
+                         train={"iterations": 2, "updates_per_rollout": 2}, checkpoint={"every": 0},
+                         parallel=parallel)
+    trainer = Trainer(config, world=TinyWorld())
+    try:
+        trainer.train()
+        from dancegrpo_hpc.models.hunyuan_video.weights import export_state_dict
+
+        return list(trainer.history), export_state_dict(trainer.model)  # full tensors, gathered over TP
+    finally:
+        trainer.close()
+
+
 def _dp_run(rank, world, output_dir):
-    config = tiny_config(os.path.join(output_dir, f"w{world}"), train={"iterations": 2, "updates_per_rollout": 2},
-                         checkpoint={"every": 0}, parallel={"zero": True})
-    summary, history, weights = _train(config)
-    return history, weights
+    return _parallel_run(rank, world, output_dir, {"zero": True})
 
 
 @pytest.mark.distributed
@@ -115,8 +126,23 @@ def test_two_rank_data_parallel_equals_one_rank(tmp_path):
                 assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
         for name in w1:
             torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-6)
-    moved = max(float((w1[n] - both[0][1][n]).abs().max()) for n in w1)
-    assert moved < 1e-5
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("parallel", [{"tensor": 2, "sequence_parallel": True}, {"ulysses": 2}])
+def test_tensor_and_ulysses_parallel_training_equals_one_rank(tmp_path, parallel):
+    """Two ranks holding one model replica (TP + SP, or Ulysses): the same losses
+    and updated weights as the unsharded run."""
+    (single,) = run_ranks(1, _parallel_run, str(tmp_path), {})
+    sharded = run_ranks(2, _parallel_run, str(tmp_path), parallel)
+    h1, w1 = single
+    for h2, w2 in sharded:
+        for a, b in zip(h1, h2):
+            for key in ("reward_mean", "loss", "grad_norm"):
+                assert abs(a[key] - b[key]) <= 2e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
+        for name in w1:
+            # Adam turns float noise in near-zero gradients into up to ~1% of a step (lr 1e-3)
+            torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
 
 
 def _run(output_dir, iterations, resume):

@@ -64,23 +64,24 @@ def reduce_gradients(params: List[torch.nn.Parameter], model, dp_group: Optional
     allreduce_tp_partial_grads(model)
 
 
-def global_grad_norm(params: List[torch.nn.Parameter], tp_group: Optional[dist.ProcessGroup]) -> torch.Tensor:
-    """L2 norm over the whole model: TP-sharded parameters summed over the TP group,
-    replicated ones counted once (megatron marks shards with tensor_model_parallel)."""
+def global_grad_norm(params: List[torch.nn.Parameter], sharded: List[bool],
+                     tp_group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    """L2 norm over the whole model: TP-sharded parameters (sharded[i]) summed over the
+    TP group, replicated ones counted once."""
     device = params[0].device
-    sharded = torch.zeros((), dtype=torch.float32, device=device)
+    split_sq = torch.zeros((), dtype=torch.float32, device=device)
     replicated = torch.zeros((), dtype=torch.float32, device=device)
-    for p in params:
+    for p, split in zip(params, sharded):
         if p.grad is None:
             continue
         sq = p.grad.detach().float().pow(2).sum()
-        if getattr(p, "tensor_model_parallel", False):
-            sharded += sq
+        if split:
+            split_sq += sq
         else:
             replicated += sq
     if tp_group is not None and dist.is_initialized() and dist.get_world_size(tp_group) > 1:
-        dist.all_reduce(sharded, group=tp_group)
-    return (sharded + replicated).sqrt()
+        dist.all_reduce(split_sq, group=tp_group)
+    return (split_sq + replicated).sqrt()
 
 
 def clip_gradients(params: List[torch.nn.Parameter], norm: torch.Tensor, max_norm: float) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ..checks import require
-from ..config import Config, check_layout
+from ..config import Config, check_layout, check_runnable
 from ..sampling import flow_sigmas
 from ..sampling.sampler import sample
 from .assign import assign_advantages
@@ -82,6 +82,8 @@ class Trainer:
         from ..rewards import AsyncRewardRunner, build_rewards
 
         self.config = c = config
+        if world is None:
+            check_runnable(c)
         self.topo = Topology.create(c)
         check_layout(c, self.topo.world)
         self.resume_path = resolve_resume(resume, c.output_dir)
@@ -113,11 +115,18 @@ class Trainer:
                                 t.micro_batch, t.grad_clip, t.kl_coef, c.seed)
         self.worker = PolicyWorker(self.model, self.params, self.optimizer, self.scheduler, rollout=rollout,
                                    update=update, velocity_opts=self.velocity_opts, dp_group=self.topo.dp_group,
-                                   dp_cp_group=self.topo.dp_cp_group, tp_group=self.topo.tp_group, ema=self.ema,
+                                   dp_cp_group=self.topo.dp_cp_group, tp_group=self.topo.tp_group,
+                                   sharded=self._tp_sharded(), ema=self.ema,
                                    reference=reference)
         self.iteration = 0
         self.history: List[Dict] = []
         self.state: Dict = {"wall_s": 0.0}
+
+    def _tp_sharded(self) -> List[bool]:
+        from ..models.hunyuan_video.weights import tp_sharded
+
+        flags = dict(zip([n for n, _ in self.model.named_parameters()], tp_sharded(self.model)))
+        return [flags[n] for n in self.names]
 
     # ------------------------------------------------------------------------------------------
     @property

@@ -59,11 +59,12 @@ def select_train_timesteps(batch: RolloutBatch, tau: float, seed: int, iteration
 class PolicyWorker:
     def __init__(self, model, params: List[torch.nn.Parameter], optimizer, scheduler, *, rollout: RolloutSettings,
                  update: UpdateSettings, velocity_opts: VelocityOptions, dp_group=None, dp_cp_group=None,
-                 tp_group=None, ema: Optional[EMA] = None, reference=None):
+                 tp_group=None, sharded: Optional[List[bool]] = None, ema: Optional[EMA] = None, reference=None):
         self.model, self.params, self.optimizer, self.scheduler = model, params, optimizer, scheduler
         self.rollout, self.update, self.opts = rollout, update, velocity_opts
         self.dp_group, self.dp_cp_group, self.tp_group = dp_group, dp_cp_group, tp_group
         self.ema, self.reference = ema, reference
+        self.sharded = sharded if sharded is not None else [False] * len(params)  # TP-split, per parameter
 
     # ---- verb 1 -------------------------------------------------------------------------------
     def generate_rollouts(self, cond: Conditioning, prompts: List[str], prompt_ids: torch.Tensor, iteration: int,
@@ -171,7 +172,7 @@ class PolicyWorker:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         reduce_gradients(self.params, self.model, self.dp_cp_group)
-        norm = global_grad_norm(self.params, self.tp_group)
+        norm = global_grad_norm(self.params, self.sharded, self.tp_group)
         loss_t = loss_sum.to(torch.float32).to(self.params[0].device)
         if dist.is_initialized() and self.dp_group is not None and dist.get_world_size(self.dp_group) > 1:
             dist.all_reduce(loss_t, group=self.dp_group)

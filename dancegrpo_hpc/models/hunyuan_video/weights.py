@@ -239,6 +239,15 @@ def _gather_tp(model, param: torch.Tensor, sharded: bool) -> List[torch.Tensor]:
     return parts
 
 
+def tp_sharded(model) -> List[bool]:
+    """For each of model.parameters(): is it split over the TP group (so norms and
+    other reductions must sum it over TP) rather than replicated? Read from the
+    weight plan, which is the source of truth for the layout."""
+    rank_plan = plan(model, model.ctx.tp_rank)
+    return [any(pc.dim is not None for pc in rank_plan[parameter_name(key)][0]) and model.ctx.layout.tp > 1
+            for key, _ in model.named_parameters()]
+
+
 def export_state_dict(model, tensor_of=lambda p: p) -> Dict[str, torch.Tensor]:
     """diffusers-named full tensors (every rank gets them; collective over the TP group).
     tensor_of picks what to export of each parameter: the weights, or e.g. p.grad."""
