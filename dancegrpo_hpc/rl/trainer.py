@@ -7,7 +7,6 @@ Data parallelism is over prompt groups; TP and Ulysses come from the DiT.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass
@@ -89,10 +88,11 @@ class Trainer:
         self.resume_path = resolve_resume(resume, c.output_dir)
         self.world = world if world is not None else build_world(c)
         m = c.model
-        self.model = self.world.load_policy(
+        policy_options = dict(
             sequence_parallel=c.parallel.sequence_parallel, spec=LayerSpec(m.layer_spec, m.fp8),
             attention=AttentionConfig(backend=m.attention), adaln=m.adaln, dtype=_to_dtype(m.dtype),
             device=self.topo.device, checkpoint_fraction=m.activation_checkpointing)
+        self.model = self.world.load_policy(**policy_options)
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         t = c.train
@@ -103,7 +103,10 @@ class Trainer:
         self.ema = EMA(self.params, t.ema_decay) if t.ema_decay is not None else None
         reference = None
         if t.kl_coef > 0:
-            reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            # a second copy of the initial weights (deepcopy cannot copy the process groups)
+            reference = self.world.load_policy(**dict(policy_options, checkpoint_fraction=0.0))
+            reference.load_state_dict(self.model.state_dict())
+            reference.eval().requires_grad_(False)
         self.reward_specs = build_rewards(c.rewards)
         self.weights = {spec.name: spec.weight for spec, _ in self.reward_specs}
         self.runner = AsyncRewardRunner(self.reward_specs, max_workers=c.rollout.reward_workers)
