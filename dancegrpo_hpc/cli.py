@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "train":
-        return train.run(args)
+        return train.run_or_report(args)
     if args.command == "validate":
         return validate.run(args)
 

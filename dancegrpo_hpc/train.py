@@ -49,7 +49,18 @@ def _cuda_visible() -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dancegrpo-hpc train", description="GRPO training")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_or_report(parser.parse_args(argv))
+
+
+def run_or_report(args) -> int:
+    """run(args), with bad input reported as one line (exit 2) instead of a traceback."""
+    from .checks import InputError
+
+    try:
+        return run(args)
+    except InputError as error:
+        print(f"dancegrpo-hpc train: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
