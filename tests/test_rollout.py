@@ -58,11 +58,11 @@ def test_micro_batching_equals_one_batch(tmp_path, world):
         t.close()
 
 
-@pytest.mark.parametrize("kind", ["dance", "flow"])
-def test_on_policy_ratio_is_one(tmp_path, world, kind):
-    """Default batching: recomputed log-probs at the trained timesteps equal the
-    rollout's within 1e-6 (float32), so the first update's ratio is exactly 1."""
-    trainer = _trainer(tmp_path, world, sampling={"kind": kind})
+@pytest.mark.parametrize("kind, micro_batch", [("dance", 0), ("flow", 0), ("dance", 4)])
+def test_on_policy_ratio_is_one(tmp_path, world, kind, micro_batch):
+    """Default batching (and micro-batched rollouts): recomputed log-probs at the trained
+    timesteps equal the rollout's within 1e-6 (float32), so the first update's ratio is 1."""
+    trainer = _trainer(tmp_path, world, sampling={"kind": kind}, rollout={"micro_batch": micro_batch})
     batch = _rollout(trainer)
     steps = select_train_timesteps(batch, 0.7, 0, 0, 0)
     assert steps.shape == (len(batch), 3)

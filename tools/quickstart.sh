@@ -4,7 +4,9 @@
 # --resume auto. Output: runs/quickstart (metrics.jsonl, TensorBoard, reward curve,
 # before/after GIF, checkpoints, summary.json).
 set -euo pipefail
+args=("$@")
+set --  # _env.sh reads its own arguments as package extras
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 export THP_MEM_ALLOC_ENABLE=1
-exec "$PY" -m dancegrpo_hpc.train examples/toy_t2v.yaml output_dir=runs/quickstart "$@"
+exec "$PY" -m dancegrpo_hpc.train examples/toy_t2v.yaml output_dir=runs/quickstart ${args[@]+"${args[@]}"}

@@ -67,6 +67,17 @@ class Topology:
         return t
 
 
+CONSOLE_KEYS = ("loss", "grad_norm", "clip_fraction", "kl", "dropped_groups", "skipped_steps", "iteration_s")
+
+
+def _console(metrics: Dict) -> Dict:
+    """The per-iteration console line: rewards and the few numbers to watch (all of
+    them go to metrics.jsonl and TensorBoard)."""
+    shown = {k: v for k, v in metrics.items() if k.startswith("reward_") or k == "eval_reward"}
+    shown.update({k: metrics[k] for k in CONSOLE_KEYS if k in metrics and (metrics[k] or k in ("loss",))})
+    return shown
+
+
 def _to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
     return {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
@@ -328,7 +339,7 @@ class Trainer:
             self.iteration = it + 1
             if log is not None:
                 log.log(self.iteration, {k: v for k, v in metrics.items() if k != "iteration"})
-            bar.update(self.iteration, metrics)
+            bar.update(self.iteration, _console(metrics))
             if c.checkpoint.every and self.iteration % c.checkpoint.every == 0:
                 self._accumulate_wall(start)
                 start = time.perf_counter()
