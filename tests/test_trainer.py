@@ -106,7 +106,12 @@ def _parallel_run(rank, world, output_dir, parallel):
         trainer.train()
         from dancegrpo_hpc.models.hunyuan_video.weights import export_state_dict
 
-        return list(trainer.history), export_state_dict(trainer.model)  # full tensors, gathered over TP
+        from dancegrpo_hpc.rl.optim import local_optimizer
+
+        state = local_optimizer(trainer.optimizer).state
+        owned = sum(p.numel() for p in state)  # parameters whose AdamW moments live on this rank
+        total = sum(p.numel() for p in trainer.params)
+        return list(trainer.history), export_state_dict(trainer.model), (owned, total)  # weights gathered over TP
     finally:
         trainer.close()
 
@@ -119,8 +124,11 @@ def _dp_run(rank, world, output_dir):
 def test_two_rank_data_parallel_equals_one_rank(tmp_path):
     (single,) = run_ranks(1, _dp_run, str(tmp_path))
     both = run_ranks(2, _dp_run, str(tmp_path))
-    h1, w1 = single
-    for h2, w2 in both:
+    h1, w1, (owned1, total) = single
+    assert owned1 == total
+    owned = [o for _, _, (o, _) in both]
+    assert sum(owned) == total and max(owned) < 0.75 * total, "ZeRO-1: AdamW state split over the two ranks"
+    for h2, w2, _ in both:
         for a, b in zip(h1, h2):
             for key in COMPARED:
                 assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
@@ -135,8 +143,8 @@ def test_tensor_and_ulysses_parallel_training_equals_one_rank(tmp_path, parallel
     and updated weights as the unsharded run."""
     (single,) = run_ranks(1, _parallel_run, str(tmp_path), {})
     sharded = run_ranks(2, _parallel_run, str(tmp_path), parallel)
-    h1, w1 = single
-    for h2, w2 in sharded:
+    h1, w1, _ = single
+    for h2, w2, _ in sharded:
         for a, b in zip(h1, h2):
             for key in ("reward_mean", "loss", "grad_norm"):
                 assert abs(a[key] - b[key]) <= 2e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
