@@ -38,9 +38,9 @@ def test_config_errors_are_one_line_and_fast(tmp_path, override, words):
 
 
 def test_torchrun_two_ranks_toy_world(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "dancegrpo_hpc.train", TOY, f"output_dir={tmp_path}", "train.iterations=2",
-           "rollout.prompts_per_iteration=2", "rollout.group_size=4", "sampling.steps=4", "data.eval_prompts=2",
+           "rollout.prompts_per_iteration=2", "rollout.group_size=4", "rollout.micro_batch=2", "sampling.steps=4", "data.eval_prompts=2",
            "eval.samples_per_prompt=1", "logging.tensorboard=false", "checkpoint.every=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", THP_MEM_ALLOC_ENABLE="1")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
