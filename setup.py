@@ -76,8 +76,11 @@ setup(
     install_requires=["torch>=2.4", "numpy", "megatron-core>=0.16", "safetensors", "tensorboard", "matplotlib"],
     extras_require={
         "gpu": ["transformer-engine[pytorch]", "flash-attn", "xformers", "nvidia-dali-cuda120"],
-        "rewards": ["transformers", "open-clip-torch", "safetensors"],
-        "dev": ["pytest>=7", "pytest-timeout", "diffusers"],
+        # Real reward models (dancegrpo_hpc/rewards): CLIP, PickScore, HPS-v2.1 and VideoAlign all run
+        # on transformers. No open-clip-torch: HPS's open_clip weights are converted to transformers'
+        # CLIPModel at load time, since open_clip needs torchvision (no CPU build on our machines).
+        "rewards": ["transformers>=5", "safetensors"],
+        "dev": ["pytest>=7", "pytest-timeout", "diffusers", "transformers>=5"],
     },
     entry_points={"console_scripts": ["dancegrpo-hpc=dancegrpo_hpc.cli:main"]},
     zip_safe=False,

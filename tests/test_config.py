@@ -178,15 +178,19 @@ def test_model_must_match_the_data_channels(tmp_path):
 
 @pytest.mark.parametrize("name, world", sorted(CLUSTER_EXAMPLES.items()))
 def test_cluster_examples_validate(name, world):
-    text = validate(example(name), world=world, check_paths=False, strict_rewards=False)
-    assert f"world {world} = " in text and "warning: rewards not registered here" in text
+    text = validate(example(name), world=world, check_paths=False)  # their rewards are registered (rewards/builtin.py)
+    assert f"world {world} = " in text and "warning: rewards not registered here" not in text
     assert "memory per rank" in text
 
 
-def test_cluster_examples_need_their_paths_and_rewards():
+def test_cluster_examples_need_their_paths_and_rewards(tmp_path):
     assert "model.path" in error_of(validate, example("hunyuan_t2v_64gpu.yaml"), world=64, strict_rewards=False)
-    message = error_of(validate, example("hunyuan_t2v_64gpu.yaml"), world=64, check_paths=False)
-    assert "rewards[0].name" in message and "videoalign_vq" in message
+    with open(example("hunyuan_t2v_64gpu.yaml")) as f:
+        (tmp_path / "unknown_reward.yaml").write_text(f.read().replace("name: videoalign_vq", "name: videoalign_xq"))
+    message = error_of(validate, str(tmp_path / "unknown_reward.yaml"), world=64, check_paths=False)
+    assert "rewards[0].name" in message and "videoalign_xq" in message
+    text = validate(str(tmp_path / "unknown_reward.yaml"), world=64, check_paths=False, strict_rewards=False)
+    assert "warning: rewards not registered here: videoalign_xq" in text
 
 
 def test_transformer_engine_fp8_config_validates_on_cpu():

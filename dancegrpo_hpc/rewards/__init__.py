@@ -1,5 +1,6 @@
 """Rewards: the reward interface, the name -> factory registry (toy rewards are
-registered on first use) and the asynchronous runner that scores rollout batches
+registered on first use, the real reward models of builtin.py on import, without
+importing transformers) and the asynchronous runner that scores rollout batches
 while the sampler keeps going."""
 
 from .base import BinaryReward, FunctionReward, Reward, RewardSpec
@@ -11,6 +12,9 @@ from .registry import (
     unregister_reward,
 )
 from .runner import AsyncRewardRunner, RewardResults, group_failures
+from .builtin import register_builtin_rewards
+
+register_builtin_rewards()
 
 __all__ = [
     "Reward", "RewardSpec", "BinaryReward", "FunctionReward",
