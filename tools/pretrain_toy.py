@@ -5,12 +5,14 @@ Flow matching as our sampler integrates it: x_t = (1 - sigma) x0 + sigma noise, 
 model predicts v = noise - x0 at timestep sigma * 1000, sigma ~ logit-normal(0, 1).
 Train prompts only (the world's eval prompts stay unseen); 10% of the prompts are
 replaced by the empty prompt so the checkpoint also supports classifier-free guidance.
-Deterministic for a given seed and thread count. CPU, about 10 minutes on 2 cores.
+Deterministic for a given seed and thread count (unless --minutes cuts it short).
+CPU: about 13 minutes on 2 idle cores (0.36 s per step of 16 clips). The committed
+checkpoint is this script's output with its defaults.
 
 The end report compares toy rewards of ODE samples with ground-truth renders and a
 randomly initialised model. The checkpoint is meant to be imperfect (room for RL).
 
-    python tools/pretrain_toy.py [--steps 1500] [--minutes 14] [--out dancegrpo_hpc/models/toy/checkpoint]
+    python tools/pretrain_toy.py [--steps 2100] [--minutes 15] [--out dancegrpo_hpc/models/toy/checkpoint]
 """
 
 from __future__ import annotations
@@ -37,14 +39,21 @@ ADALN_NAMES = ("norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (the run stops earlier if --minutes runs out)")
-    p.add_argument("--minutes", type=float, default=14.0, help="wall-clock budget for training")
+    p.add_argument("--steps", type=int, default=2100, help="optimizer steps (the run stops earlier if --minutes runs out)")
+    p.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget for training")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--train-shift", type=float, default=3.0,
+                   help="time shift of the training sigmas: shift*s / (1 + (shift-1)*s), s ~ logit-normal(0, 1); "
+                        "3 matches the sampling shift, so the high-noise steps that place the object (and keep it "
+                        "in place across frames) are trained (13.6%% of draws above sigma 0.9, not 1.4%%)")
     p.add_argument("--ema", type=float, default=0.995, help="decay of the weight average that is saved and sampled")
     p.add_argument("--cfg-dropout", type=float, default=0.1, help="fraction of prompts replaced by the empty prompt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state", default=None,
+                   help="training-state file: written every 100 steps and resumed from when it exists (the same "
+                        "result as an uninterrupted run), for shared machines where a long job may be killed")
     p.add_argument("--out", default=TOY_CHECKPOINT, help="checkpoint folder (diffusers layout)")
     p.add_argument("--eval-every", type=int, default=0, help="also report eval-prompt rewards every N steps (0: only at the end)")
     p.add_argument("--eval-samples", type=int, default=2, help="samples per eval prompt in the final report")
@@ -106,6 +115,13 @@ def evaluate(model, prompts, world, encoder, vae, args) -> dict:
     return rewards_of(videos, prompts, world)
 
 
+def save_state(path, model, optimizer, average, generator, step, smoothed) -> None:
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "average": average.average,
+                "generator": generator.get_state(), "step": step, "smoothed": smoothed}, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous state
+
+
 def train(model, world, encoder, vae, args) -> WeightAverage:
     prompts = world.prompts("train") + [""]  # the last entry: the unconditional (empty) prompt
     embeds, masks, pooled = encoder.encode(prompts)
@@ -114,8 +130,17 @@ def train(model, world, encoder, vae, args) -> WeightAverage:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     average = WeightAverage(model, args.ema)
     eval_prompts = world.prompts("eval")
-    start, ema, step = time.time(), None, 0
-    for step in range(args.steps):
+    first, smoothed = 0, None
+    if args.state and os.path.exists(args.state):
+        state = torch.load(args.state, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        average.average = state["average"]
+        gen.set_state(state["generator"])
+        first, smoothed = state["step"], state["smoothed"]
+        print(f"resumed from {args.state} at step {first}", flush=True)
+    start, step = time.time(), first
+    for step in range(first, args.steps):
         if time.time() - start > 60 * args.minutes:
             print(f"time budget of {args.minutes} min reached after {step} steps", flush=True)
             break
@@ -125,7 +150,8 @@ def train(model, world, encoder, vae, args) -> WeightAverage:
         drop = torch.rand(args.batch, generator=gen) < args.cfg_dropout
         ids = torch.where(drop, torch.full_like(ids, n_train), ids)
         noise = torch.randn(x0.shape, generator=gen)
-        sigma = torch.sigmoid(torch.randn(args.batch, generator=gen))  # logit-normal(0, 1)
+        u = torch.sigmoid(torch.randn(args.batch, generator=gen))  # logit-normal(0, 1)
+        sigma = args.train_shift * u / (1 + (args.train_shift - 1) * u)
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         pred = model(x_t, sigma * 1000.0, embeds[ids], masks[ids], pooled[ids])
@@ -137,16 +163,19 @@ def train(model, world, encoder, vae, args) -> WeightAverage:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         average.update(step)
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  ema {ema:.4f}  lr {lr_at(step, args):.2e}  "
+            print(f"step {step:5d}  loss {loss.item():.4f}  smoothed {smoothed:.4f}  lr {lr_at(step, args):.2e}  "
                   f"{time.time() - start:6.1f}s", flush=True)
+        if args.state and (step + 1) % 100 == 0:
+            save_state(args.state, model, optimizer, average, gen, step + 1, smoothed)
         if args.eval_every and step > 0 and step % args.eval_every == 0:
             average.swap()
             r = evaluate(model, eval_prompts, world, encoder, vae, args)
             average.swap()
             print("  eval " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
-    print(f"trained {step + 1} steps in {time.time() - start:.1f}s; final loss ema {ema:.4f}", flush=True)
+    print(f"trained to step {step + 1} ({time.time() - start:.1f}s in this run); final loss (smoothed) {smoothed:.4f}",
+          flush=True)
     return average
 
 

@@ -77,6 +77,18 @@ class Analysis:
         weight = self.frame_presence.unsqueeze(-1) + EPS
         return (features * weight).sum(dim=1) / weight.sum(dim=1)
 
+    def compactness(self) -> torch.Tensor:
+        """[B] in [0, 1]: is the foreground one compact object? The isoperimetric ratio
+        perimeter^2 / (4 pi area) of the soft mask is 1 for a disk and about 1.7 for the
+        triangle; two blobs or speckle give far more. Full marks up to 2.2, then
+        inversely proportional; averaged over the frames that show something."""
+        mx = self.mask[..., :, 1:] - self.mask[..., :, :-1]
+        my = self.mask[..., 1:, :] - self.mask[..., :-1, :]
+        grad = torch.sqrt(mx[..., :-1, :].pow(2) + my[..., :, :-1].pow(2) + EPS) - math.sqrt(EPS)
+        ratio = grad.sum(dim=(2, 3)).pow(2) / (4 * math.pi * (self.area + EPS))
+        compact = (2.2 / (ratio + EPS)).clamp_max(1)
+        return (compact * self.frame_presence).sum(dim=1) / (self.frame_presence.sum(dim=1) + EPS)
+
     def velocity(self) -> torch.Tensor:
         """[B, 2] least-squares centroid velocity in pixels per frame."""
         f = self.centroid.shape[1]
@@ -155,9 +167,10 @@ def motion_parts(videos: torch.Tensor) -> Dict[str, torch.Tensor]:
         acceleration = (step[:, 1:] - step[:, :-1]).pow(2).sum(dim=-1).mean(dim=1) / a.scale ** 2
     else:
         acceleration = torch.zeros(b, device=videos.device)
-    constant_velocity = torch.exp(-acceleration / (2 * 0.75 ** 2))
-    size_variation = a.area.std(dim=1, unbiased=False) / (a.area.mean(dim=1) + EPS) if f > 1 else torch.zeros(b)
-    constant_size = torch.exp(-(size_variation / 0.15) ** 2 / 2)
+    # Heavy-tailed scores (not Gaussian) keep a ranking among clearly flawed samples.
+    constant_velocity = 1 / (1 + acceleration)  # mean squared acceleration, px^2 / frame^4
+    size_variation = a.area.std(dim=1, unbiased=False) / (a.area.mean(dim=1) + EPS)
+    constant_size = 1 / (1 + (size_variation / 0.2) ** 2)
     # Each frame should be the previous one moved by the centroid step (a rigid object
     # on a still background): the residual, relative to the content, measures flicker.
     prev, nxt = videos[:, :-1].flatten(0, 1), videos[:, 1:].flatten(0, 1)
@@ -168,16 +181,18 @@ def motion_parts(videos: torch.Tensor) -> Dict[str, torch.Tensor]:
     relative = (residual / (content + EPS)).view(b, f - 1).mean(dim=1)
     rigid = torch.exp(-relative / 0.3)
     return {"constant_velocity": constant_velocity, "constant_size": constant_size, "rigid": rigid,
-            "presence": a.presence}
+            "object": a.compactness(), "presence": a.presence}
 
 
 def motion_quality(videos: torch.Tensor, prompts: Optional[Sequence[str]] = None) -> torch.Tensor:
-    """Smooth, consistent motion: constant centroid velocity, constant size, each frame
-    a translated copy of the last (geometric mean), times presence."""
+    """Smooth, consistent motion of one object: constant centroid velocity, constant
+    size, each frame a translated copy of the last (geometric mean), times presence
+    and compactness (a stable haze of noise has a still centroid but is no object)."""
     videos = _check("toy motion_quality", videos, prompts)
     require(videos.shape[1] >= 2, f"toy motion_quality: videos need >= 2 frames; got {videos.shape[1]}")
     p = motion_parts(videos)
-    score = p["presence"] * (p["constant_velocity"] * p["constant_size"] * p["rigid"]).clamp_min(0).pow(1 / 3)
+    smooth = (p["constant_velocity"] * p["constant_size"] * p["rigid"]).clamp_min(0).pow(1 / 3)
+    score = p["presence"] * p["object"] * smooth
     return score.clamp(0, 1).float()
 
 
@@ -193,16 +208,7 @@ def visual_parts(videos: torch.Tensor) -> Dict[str, torch.Tensor]:
     grad = grad - math.sqrt(EPS)
     edge_width = (contrast * grad.sum(dim=(1, 2, 3)) + EPS) / (grad.pow(2).sum(dim=(1, 2, 3)) + EPS)
     sharp = 1 - torch.exp(-(2.3 / edge_width) ** 2)  # rendered edges: ~1.5 px; a 1.5 px Gaussian blur: ~5
-    # One compact object: the isoperimetric ratio perimeter^2 / (4 pi area) of the soft mask
-    # (1 for a disk, about 1.7 for the triangle; two blobs or speckle give far more);
-    # full marks up to 2.2, then inversely proportional.
-    mx = a.mask[..., :, 1:] - a.mask[..., :, :-1]
-    my = a.mask[..., 1:, :] - a.mask[..., :-1, :]
-    perimeter = torch.sqrt(mx[..., :-1, :].pow(2) + my[..., :, :-1].pow(2) + EPS).sum(dim=(2, 3))
-    perimeter = perimeter - math.sqrt(EPS) * mx[..., :-1, :].shape[-2] * mx.shape[-1]
-    ratio = perimeter.pow(2) / (4 * math.pi * (a.area + EPS))
-    compact = (2.2 / (ratio + EPS)).clamp_max(1)
-    compact = (compact * a.frame_presence).sum(dim=1) / (a.frame_presence.sum(dim=1) + EPS)
+    compact = a.compactness()
     # A clean background: little colour left outside the shape.
     outside = 1 - a.mask
     leak = (outside * a.distance).sum(dim=(1, 2, 3)) / (outside.sum(dim=(1, 2, 3)) + EPS)

@@ -98,11 +98,12 @@ PRESETS["tiny-i2v-token-replace"] = TINY.replace(image_condition_type="token_rep
 # The embedded toy world's model (dancegrpo_hpc.models.toy): latents of ToyVAE (12 channels,
 # 8 x 16 x 16 for a 32x32 clip of 8 frames: 256 tokens at patch 2x2x2, which trains 2.5x
 # faster on CPU than 512 at 1x2x2), ToyTextEncoder's 32-d tokens and pooled vector, no
-# guidance embedding.
+# guidance embedding. Width 96 = the patch size (12 x 2 x 2 x 2): a narrower model cannot
+# carry a token's noise through to its velocity and leaves speckle in its samples.
 PRESETS["toy"] = HunyuanVideoConfig(
-    in_channels=12, out_channels=12, num_attention_heads=4, attention_head_dim=16, num_layers=2, num_single_layers=2,
+    in_channels=12, out_channels=12, num_attention_heads=4, attention_head_dim=24, num_layers=2, num_single_layers=2,
     num_refiner_layers=1, patch_size=2, patch_size_t=2, guidance_embeds=False, text_embed_dim=32,
-    pooled_projection_dim=32, rope_axes_dim=(4, 6, 6), variant="toy",
+    pooled_projection_dim=32, rope_axes_dim=(8, 8, 8), variant="toy",
 )
 
 

@@ -27,13 +27,13 @@ def sample_videos(model, prompts: Sequence[str], *, steps: int = 12, shift: floa
                   text_encoder: Optional[ToyTextEncoder] = None, vae: Optional[ToyVAE] = None,
                   batch_size: int = 16) -> torch.Tensor:
     """Videos [B, F, 3, H, W] in [0, 1] for the prompts, at the world's clip size. The
-    initial noise of all prompts is drawn from `generator` up front, so a result does
-    not depend on batch_size."""
+    initial noise of all prompts is drawn from `generator` up front, so ODE samples do
+    not depend on batch_size (SDE kinds draw their step noise chunk by chunk)."""
     require(not isinstance(prompts, str) and len(prompts) > 0, "sample_videos: prompts must be a non-empty list of str")
     world = world or ToyWorld()
     encoder = text_encoder or ToyTextEncoder(model.config.text_embed_dim, model.config.pooled_projection_dim)
-    vae = vae or ToyVAE()
     device = next(model.parameters()).device
+    vae = (vae or ToyVAE()).to(device)
     shape = vae.latent_shape(world.frames, world.height, world.width)
     noise = torch.randn(len(prompts), *shape, generator=generator).to(device)
     sigmas = flow_sigmas(steps, shift)
@@ -43,5 +43,5 @@ def sample_videos(model, prompts: Sequence[str], *, steps: int = 12, shift: floa
         embeds, mask, pooled = encoder.encode(chunk, device=device)
         trajectory = sample(velocity_fn(model, embeds, mask, pooled), noise[start:start + len(chunk)], sigmas, kind,
                             eta, generator=generator, store_latents=False)
-        videos.append(vae.to(device).decode(trajectory.final))
+        videos.append(vae.decode(trajectory.final))
     return torch.cat(videos).cpu()

@@ -121,7 +121,7 @@ class ToyWorld:
     # ------------------------------------------------------------------ rendering
     def render(self, prompts: Sequence[str], generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Float32 videos [B, F, 3, H, W] in [0, 1] with random start, size, speed and
-        background level; the shape stays inside the frame on every frame."""
+        background level; the shape stays inside the frame (to within a pixel) on every frame."""
         require(len(prompts) > 0, "ToyWorld.render: prompts must be a non-empty list of str")
         parsed = [self.parse(p) for p in prompts]
         b, f, h, w = len(parsed), self.frames, self.height, self.width
