@@ -114,6 +114,25 @@ class TrainConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    """Euphonium: process-reward-gradient guided rollouts and process advantages."""
+
+    process_reward: Optional[str] = None  # latent process reward model (rewards/process.py); null = off
+    process_options: Dict[str, Any] = field(default_factory=dict)  # its factory's arguments
+    scale: Optional[float] = None  # guidance strength lambda (fixed) ...
+    beta: Optional[float] = None  # ... or lambda = eta^2 / (2 beta); neither: no guidance
+    normalize: bool = True  # unit-RMS reward gradient per sample
+    start: int = 0  # guided steps: start <= step < end
+    end: Optional[int] = None  # null: to the last step
+    internalise: bool = True  # log-probs under the unguided mean (Euphonium's default)
+    process_advantage: float = 0.0  # weight of the process-advantage loss (dual mode when > 0)
+
+    @property
+    def guiding(self) -> bool:
+        return self.scale is not None or self.beta is not None
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 10  # iterations between checkpoints (and one at the end); 0 = only at the end
     keep_last: int = 2
@@ -146,6 +165,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -207,6 +227,25 @@ class Config:
                 f"config: model.path is required for preset {m.preset!r} (only the toy preset has a built-in "
                 "checkpoint)")
         self._check_data()
+        self._check_guidance()
+
+    def _check_guidance(self) -> None:
+        g = self.guidance
+        if not g.guiding and g.process_advantage == 0:
+            return
+        require(g.process_reward is not None,
+                "config: guidance.scale / beta / process_advantage need guidance.process_reward (e.g. toy_latent)")
+        require(not (g.scale is not None and g.beta is not None),
+                "config: give guidance.scale (a fixed lambda) or guidance.beta (lambda = eta^2 / (2 beta)), not both")
+        require(g.scale is None or g.scale >= 0, f"config: guidance.scale must be >= 0; got {g.scale!r}")
+        if g.beta is not None:
+            _positive_float("guidance.beta", g.beta)
+        require(g.process_advantage >= 0, f"config: guidance.process_advantage must be >= 0; got {g.process_advantage!r}")
+        require(0 <= g.start and (g.end is None or g.start < g.end <= self.sampling.steps),
+                f"config: guidance window must satisfy 0 <= start < end <= sampling.steps={self.sampling.steps}; "
+                f"got start={g.start}, end={g.end}")
+        require(not g.guiding or self.sampling.kind != "ode",
+                "config: guidance steers stochastic steps; sampling.kind=ode has none")
 
     def _check_data(self) -> None:
         d = self.data
@@ -415,5 +454,5 @@ def dump_yaml(config: Config) -> str:
 
 
 __all__ = ["Config", "ModelConfig", "ParallelConfig", "DataConfig", "SamplingConfig", "RolloutConfig", "TrainConfig",
-           "CheckpointConfig", "LoggingConfig", "EvalConfig", "load_config", "config_from_dict", "apply_overrides",
+           "CheckpointConfig", "LoggingConfig", "EvalConfig", "GuidanceConfig", "load_config", "config_from_dict", "apply_overrides",
            "check_layout", "check_paths", "check_runnable", "dump_yaml", "InputError"]

@@ -98,3 +98,16 @@ def clamp_advantages(advantages: torch.Tensor, max_abs: Optional[float]) -> torc
         return advantages
     check_positive("clamp_advantages", "max_abs", max_abs)
     return advantages.clamp(-max_abs, max_abs)
+
+
+def process_advantages(process_scores: torch.Tensor, group_size: int, eps: float = 1e-8) -> torch.Tensor:
+    """Euphonium's per-step process advantages [N, T] from process-reward scores of the
+    states x_0..x_T ([N, T+1]): step t is credited with the score of the state it
+    produced (x_{t+1}), normalised within the group at the same step (unbiased std,
+    as group_advantages)."""
+    require(isinstance(process_scores, torch.Tensor) and process_scores.dim() == 2 and process_scores.shape[1] >= 2,
+            "process_advantages: process_scores must be [N, T+1] (one score per state)")
+    n, states = process_scores.shape
+    produced = process_scores[:, 1:].float()  # [N, T]
+    per_step = [group_advantages(produced[:, t].contiguous(), group_size, eps) for t in range(states - 1)]
+    return torch.stack(per_step, dim=1)

@@ -41,12 +41,25 @@ class RolloutBatch:
         return self.log_probs.shape[1]
 
     def select(self, index: torch.Tensor) -> "RolloutBatch":
+        """The samples at index; per-sample extras (tensors [N, ...]) are indexed too."""
         index = torch.as_tensor(index, dtype=torch.long)
         dev = self.latents.device
+        extras = {k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.shape[:1] == (len(self),) else v
+                  for k, v in self.extras.items()}
         return RolloutBatch(self.latents[index.to(dev)], self.log_probs[index.to(self.log_probs.device)], self.sigmas,
                             self.stochastic, self.cond.select(index.to(self.cond.embeds.device)),
                             [self.prompts[i] for i in index.tolist()], self.prompt_ids[index], self.sample_ids[index],
-                            self.group_size, dict(self.extras))
+                            self.group_size, extras)
+
+    def scored_next(self, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """The sample each step's log-prob scores under the plain policy mean: x_{t+1},
+        minus the guided-mean shift when log-probs are under the guided mean."""
+        dev = self.latents.device
+        x_next = self.latents[rows.to(dev), steps.to(dev) + 1]
+        shifts = self.extras.get("guide_shifts")
+        if shifts is not None:
+            x_next = x_next - shifts[rows.to(shifts.device), steps.to(shifts.device)].to(x_next.device, x_next.dtype)
+        return x_next
 
 
 @dataclass(frozen=True)
@@ -77,9 +90,13 @@ def group_initial_noise(seed: int, iteration: int, prompt_ids: Sequence[int], gr
 
 def generate_rollouts(model, cond: Conditioning, prompts: List[str], prompt_ids: torch.Tensor, iteration: int,
                       latent_shape, settings: RolloutSettings, opts: VelocityOptions,
-                      on_micro_batch: Optional[Callable[[torch.Tensor, slice], None]] = None) -> RolloutBatch:
+                      on_micro_batch: Optional[Callable[[torch.Tensor, slice], None]] = None,
+                      guide_for: Optional[Callable[[List[str]], object]] = None) -> RolloutBatch:
     """cond / prompts / prompt_ids are per prompt ([P]); returns the [P * G] batch.
-    on_micro_batch(final_latents, sample_slice) is called as each micro-batch finishes."""
+    on_micro_batch(final_latents, sample_slice) is called as each micro-batch finishes.
+    guide_for(prompts of a micro-batch) -> a sampling.guidance.Guide (Euphonium); the
+    batch then carries extras process_scores [N, T+1] and, for log-probs under the
+    guided mean, guide_shifts [N, T, ...]."""
     device = cond.embeds.device
     g = settings.group_size
     n = len(prompts) * g
@@ -91,6 +108,8 @@ def generate_rollouts(model, cond: Conditioning, prompts: List[str], prompt_ids:
     log_probs = torch.empty((n, settings.steps), dtype=torch.float32, device=device)
     initial = group_initial_noise(settings.seed, iteration, prompt_ids.tolist(), g, latent_shape, device)
     mb = settings.micro_batch or n
+    prompts_per_sample = [p for p in prompts for _ in range(g)]
+    extras = {}
     with torch.no_grad():
         for start in range(0, n, mb):
             part = slice(start, min(n, start + mb))
@@ -101,11 +120,17 @@ def generate_rollouts(model, cond: Conditioning, prompts: List[str], prompt_ids:
             def model_fn(x, sigma, i, c=c):
                 return velocity(model, x, sigma, c, opts)
 
+            guide = guide_for(prompts_per_sample[part]) if guide_for is not None else None
             traj = sample(model_fn, initial[part], sigmas, settings.kind, settings.eta, noise_fn=noise_fn,
-                          out=latents[part])
+                          out=latents[part], guide=guide)
             log_probs[part] = traj.log_probs
+            for key in ("process_scores", "guide_shifts"):
+                value = getattr(traj, key)
+                if value is not None:
+                    if key not in extras:
+                        extras[key] = value.new_empty((n, *value.shape[1:]))
+                    extras[key][part] = value
             if on_micro_batch is not None:
                 on_micro_batch(traj.final, part)
-    prompts_per_sample = [p for p in prompts for _ in range(g)]
     return RolloutBatch(latents, log_probs, sigmas, stochastic, per_sample, prompts_per_sample,
-                        prompt_ids.repeat_interleave(g).long(), sample_ids, g)
+                        prompt_ids.repeat_interleave(g).long(), sample_ids, g, extras)

@@ -19,6 +19,7 @@ from ..checks import require
 from ..config import Config, check_layout, check_runnable
 from ..sampling import flow_sigmas
 from ..sampling.sampler import sample
+from .advantages import process_advantages
 from .assign import assign_advantages
 from .optim import EMA, build_optimizer, local_optimizer, warmup_schedule
 from .policy import VelocityOptions, velocity
@@ -132,9 +133,23 @@ class Trainer:
                                    dp_cp_group=self.topo.dp_cp_group, tp_group=self.topo.tp_group,
                                    sharded=self._tp_sharded(), ema=self.ema,
                                    reference=reference)
+        self.guide_for = self._build_guidance()
         self.iteration = 0
         self.history: List[Dict] = []
         self.state: Dict = {"wall_s": 0.0}
+
+    def _build_guidance(self):
+        """Euphonium: a Guide per rollout micro-batch (guided steps and/or process scores), or None."""
+        from ..rewards.process import build_process_reward
+        from ..sampling.guidance import Guide, GuidanceSettings
+
+        g = self.config.guidance
+        if g.process_reward is None:
+            return None
+        prm = build_process_reward(g.process_reward, self.world, g.process_options)
+        settings = GuidanceSettings(g.scale, g.beta, g.normalize, g.start, g.end, g.internalise)
+        eta = self.config.sampling.eta
+        return lambda prompts: Guide(prm, settings, eta, prompts, guide=g.guiding)
 
     def _tp_sharded(self) -> List[bool]:
         from ..models.hunyuan_video.weights import tp_sharded
@@ -174,7 +189,8 @@ class Trainer:
         def submit(final, part):
             self.runner.submit(self.world.decode(final), sample_prompts[part], sample_ids[part].tolist())
 
-        batch = self.worker.generate_rollouts(cond, prompts, prompt_ids, iteration, self.world.latent_shape, submit)
+        batch = self.worker.generate_rollouts(cond, prompts, prompt_ids, iteration, self.world.latent_shape, submit,
+                                              self.guide_for)
         t_rollout = time.perf_counter()
         results = self.runner.collect()
         t_rewards = time.perf_counter()
@@ -189,8 +205,15 @@ class Trainer:
         keep = assigned.keep[mine]
         kept_rows = torch.nonzero(keep).flatten()
         stats: Dict[str, float] = {}
+        process, process_mean = None, None
+        if "process_scores" in batch.extras:
+            process_all = topo.all_gather(batch.extras["process_scores"].to(topo.device)).cpu()  # [N, T+1]
+            process_mean = float(process_all[:, -1].mean())
+            if c.guidance.process_advantage > 0:
+                process = process_advantages(process_all, g)[mine][kept_rows]
         if int(assigned.keep.sum()) > 0:
-            stats = self.worker.update_policy(batch.select(kept_rows), assigned.advantages[mine][kept_rows], iteration)
+            stats = self.worker.update_policy(batch.select(kept_rows), assigned.advantages[mine][kept_rows], iteration,
+                                              process, c.guidance.process_advantage)
         t_train = time.perf_counter()
         ok = ~failed_all
         metrics = {
@@ -202,6 +225,8 @@ class Trainer:
             col = scores_all[:, i]
             metrics[f"reward_{n}"] = float(col[ok].mean()) if ok.any() else float("nan")
         metrics.update({k: v for k, v in stats.items() if k != "loss"})
+        if process_mean is not None:
+            metrics["process_reward_final"] = process_mean
         metrics.update(dropped_groups=assigned.dropped_groups, zero_variance_groups=assigned.zero_variance_groups,
                        reward_failures=int(failed_all.sum()), trained_samples=int(assigned.keep.sum()),
                        time_rollout_s=t_rollout - t0, time_reward_wait_s=t_rewards - t_rollout,

@@ -27,7 +27,7 @@ from .seeding import stream
 
 
 # grpo_loss stats, averaged over every trained (sample, timestep) of an update on all ranks
-STAT_KEYS = ("policy_loss", "kl", "clip_fraction", "approx_kl", "ratio_mean", "ratio_max")
+STAT_KEYS = ("policy_loss", "kl", "clip_fraction", "approx_kl", "ratio_mean", "ratio_max", "process_loss")
 
 
 @dataclass(frozen=True)
@@ -68,17 +68,17 @@ class PolicyWorker:
 
     # ---- verb 1 -------------------------------------------------------------------------------
     def generate_rollouts(self, cond: Conditioning, prompts: List[str], prompt_ids: torch.Tensor, iteration: int,
-                          latent_shape, on_micro_batch=None) -> RolloutBatch:
+                          latent_shape, on_micro_batch=None, guide_for=None) -> RolloutBatch:
         self.model.eval()
         return generate_rollouts(self.model, cond, prompts, prompt_ids, iteration, latent_shape, self.rollout,
-                                 self.opts.with_(train_uncond=False), on_micro_batch)
+                                 self.opts.with_(train_uncond=False), on_micro_batch, guide_for)
 
     # ---- shared by verbs 2 and 3 --------------------------------------------------------------
     def _step_log_prob(self, batch: RolloutBatch, rows: torch.Tensor, steps: torch.Tensor, opts: VelocityOptions,
                        with_mean: bool = False, model=None):
         device = batch.cond.embeds.device
         x = batch.latents[rows.to(batch.latents.device), steps.to(batch.latents.device)].to(device)
-        x_next = batch.latents[rows.to(batch.latents.device), steps.to(batch.latents.device) + 1].to(device)
+        x_next = batch.scored_next(rows, steps).to(device)  # no guidance here: the PRM runs only in rollouts
         sigma = batch.sigmas[steps].to(device)
         sigma_next = batch.sigmas[steps + 1].to(device)
         cond = batch.cond.select(rows.to(device))
@@ -102,10 +102,14 @@ class PolicyWorker:
         return out
 
     # ---- verb 3 -------------------------------------------------------------------------------
-    def update_policy(self, batch: RolloutBatch, advantages: torch.Tensor, iteration: int) -> Dict[str, float]:
+    def update_policy(self, batch: RolloutBatch, advantages: torch.Tensor, iteration: int,
+                      process_advantages: Optional[torch.Tensor] = None, process_weight: float = 0.0) -> Dict[str, float]:
         """updates_per_rollout optimizer steps per epoch over `batch` (this rank's kept
         samples, in order); returns averaged stats. A step whose loss or gradient norm is
-        not finite is skipped on every rank and counted in `skipped_steps`."""
+        not finite is skipped on every rank and counted in `skipped_steps`.
+        process_advantages [N, T] (Euphonium's dual mode): a second clipped GRPO loss
+        with the per-step advantages, weighted by process_weight, added to the outcome loss."""
+        process = (process_advantages, process_weight) if process_advantages is not None else None
         s = self.update
         self.model.train()
         n = len(batch)
@@ -120,7 +124,7 @@ class PolicyWorker:
             # samples, and every rank still joins each update's collectives
             for u in range(s.updates_per_rollout):
                 rows = torch.arange(u, n, s.updates_per_rollout)
-                stats = self._one_update(batch, advantages, timesteps, rows)
+                stats = self._one_update(batch, advantages, timesteps, rows, process)
                 if len(stats) == 1:  # no sample on any rank in this chunk
                     continue
                 skipped += int(stats.pop("skipped"))
@@ -142,7 +146,7 @@ class PolicyWorker:
         return int(self._global_sum([float(local)])[0])
 
     def _one_update(self, batch: RolloutBatch, advantages: torch.Tensor, timesteps: torch.Tensor,
-                    rows: torch.Tensor) -> Dict[str, float]:
+                    rows: torch.Tensor, process=None) -> Dict[str, float]:
         s = self.update
         k = timesteps.shape[1]
         total = self._global_count(rows.numel())
@@ -163,6 +167,13 @@ class PolicyWorker:
                 adv = advantages[part].to(res.log_prob.device)
                 loss, stats = grpo_loss(res.log_prob, old.to(res.log_prob.device), adv, s.clip_range, s.adv_clip_max,
                                         kl=kl, kl_coef=s.kl_coef)
+                if process is not None:
+                    proc, weight = process
+                    proc_adv = proc[part, steps].to(res.log_prob.device)
+                    proc_loss, _ = grpo_loss(res.log_prob, old.to(res.log_prob.device), proc_adv, s.clip_range,
+                                             s.adv_clip_max)
+                    loss = loss + weight * proc_loss
+                    stats = dict(stats, process_loss=proc_loss.detach())
                 # global mean over samples and timesteps: gradient sums over ranks give the mean
                 (loss * (part.numel() / (total * k))).backward()
                 loss_sum += float(loss.detach()) * part.numel() / (total * k)
