@@ -37,16 +37,28 @@ def parse_args(argv=None):
                    help="held-out reward target(s); default: the initial reward + 50%% and + 75%% of the best gain seen")
     p.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the curves and results here")
+    p.add_argument("--reuse", action="store_true",
+                   help="read a run whose folder already holds summary.json instead of training it again "
+                        "(runs are deterministic: a plain arm can serve several guided settings)")
     p.add_argument("guided", nargs="*", help="overrides of the guided arm (default: %s)" % " ".join(GUIDED))
     return p.parse_args(argv)
 
 
-def run(config: str, out: str, seed: int, iterations: int, eval_every: int, extra) -> dict:
+def run(config: str, out: str, seed: int, iterations: int, eval_every: int, extra, reuse: bool = False) -> dict:
     """One training run; returns {'curve': [(iteration, eval reward)], 'wall_s': float}."""
+    if not (reuse and os.path.exists(os.path.join(out, "summary.json"))):
+        _train(config, out, seed, iterations, eval_every, extra)
+    return _read(out)
+
+
+def _train(config: str, out: str, seed: int, iterations: int, eval_every: int, extra) -> None:
     cmd = [sys.executable, "-m", "dancegrpo_hpc.train", config, f"output_dir={out}", f"seed={seed}",
            f"train.iterations={iterations}", f"eval.every={eval_every}", "checkpoint.every=0",
            "logging.progress=false", "logging.tensorboard=false", "logging.sample_grid=false", *extra]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def _read(out: str) -> dict:
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     curve = [(0, summary["reward_before"])]
@@ -78,10 +90,10 @@ def main(argv=None) -> int:
     out = args.out or tempfile.mkdtemp(prefix="guidance-experiment-")
     arms = {"plain": [], "guided": list(guided)}
     results = {arm: {} for arm in arms}
-    for seed in args.seeds:
-        for arm, extra in arms.items():
+    for arm, extra in arms.items():
+        for seed in args.seeds:
             res = run(args.config, os.path.join(out, f"{arm}-seed{seed}"), seed, args.iterations, args.eval_every,
-                      extra)
+                      extra, args.reuse)
             results[arm][seed] = res
             print(f"{arm:6s} seed {seed}: " + " ".join(f"{it}:{r:.3f}" for it, r in res["curve"])
                   + f"  ({res['wall_s']:.0f} s)", flush=True)
