@@ -153,33 +153,65 @@ def test_tensor_and_ulysses_parallel_training_equals_one_rank(tmp_path, parallel
             torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
 
 
-def _run(output_dir, iterations, resume):
-    cmd = [sys.executable, os.path.join(HERE, "run_tiny_training.py"), str(output_dir), str(iterations), resume]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run(output_dir, iterations, resume, ranks=1):
+    script = [os.path.join(HERE, "run_tiny_training.py"), str(output_dir), str(iterations), resume]
+    launcher = [sys.executable]
+    if ranks > 1:  # torchrun with gloo ranks; its own session, so a kill can take the whole job
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    return subprocess.Popen(launcher + script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=ranks > 1)
+
+
+def _kill_during_iteration_3(victim, output_dir, ranks=1):
+    latest = output_dir / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "iter_0000002"):
+        assert victim.poll() is None, victim.communicate()[0]
+        time.sleep(0.05)
+    if ranks > 1:
+        os.killpg(victim.pid, signal.SIGKILL)  # the launcher and every rank at once
+    else:
+        os.kill(victim.pid, signal.SIGKILL)  # now inside iteration 3
+    victim.wait()
+    assert latest.read_text().strip() == "iter_0000002"
+
+
+def _assert_same_run(full_dir, resumed_dir):
+    a = [json.loads(x) for x in open(full_dir / "metrics.jsonl")]
+    b = [json.loads(x) for x in open(resumed_dir / "metrics.jsonl")]
+    assert [m["iteration"] for m in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        for key in COMPARED:
+            assert x[key] == y[key], (x["iteration"], key, x[key], y[key])
+    sa = json.load(open(full_dir / "summary.json"))
+    sb = json.load(open(resumed_dir / "summary.json"))
+    assert sa["reward_after"] == sb["reward_after"] and sa["reward_before"] == sb["reward_before"]
 
 
 def test_kill9_mid_iteration_then_resume_matches_uninterrupted(tmp_path):
     full = _run(tmp_path / "full", 4, "none")
     victim = _run(tmp_path / "killed", 4, "none")
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() == "iter_0000002"):
-        assert victim.poll() is None, victim.communicate()[0]
-        time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)  # now inside iteration 3
-    victim.wait()
-    assert latest.read_text().strip() == "iter_0000002"
+    _kill_during_iteration_3(victim, tmp_path / "killed")
     resumed = _run(tmp_path / "killed", 4, "auto")
     out_resumed, out_full = resumed.communicate(timeout=600)[0], full.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out_resumed
     assert full.returncode == 0, out_full
     assert "[resume] from" in out_resumed
-    a = [json.loads(x) for x in open(tmp_path / "full" / "metrics.jsonl")]
-    b = [json.loads(x) for x in open(tmp_path / "killed" / "metrics.jsonl")]
-    assert [m["iteration"] for m in b] == [1, 2, 3, 4]
-    for x, y in zip(a, b):
-        for key in COMPARED:
-            assert x[key] == y[key], (x["iteration"], key, x[key], y[key])
-    sa = json.load(open(tmp_path / "full" / "summary.json"))
-    sb = json.load(open(tmp_path / "killed" / "summary.json"))
-    assert sa["reward_after"] == sb["reward_after"] and sa["reward_before"] == sb["reward_before"]
+    _assert_same_run(tmp_path / "full", tmp_path / "killed")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_kill9_two_ranks_then_resume_matches_uninterrupted(tmp_path):
+    """torchrun with 2 data-parallel ranks (per-rank ZeRO-1 optimizer shards and RNG
+    states): kill -9 the whole job inside iteration 3, resume, same metrics."""
+    full = _run(tmp_path / "full", 4, "none", ranks=2)
+    out_full = full.communicate(timeout=600)[0]  # one job at a time: 2 cores
+    assert full.returncode == 0, out_full
+    victim = _run(tmp_path / "killed", 4, "none", ranks=2)
+    _kill_during_iteration_3(victim, tmp_path / "killed", ranks=2)
+    resumed = _run(tmp_path / "killed", 4, "auto", ranks=2)
+    out_resumed = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out_resumed
+    assert "[resume] from" in out_resumed
+    _assert_same_run(tmp_path / "full", tmp_path / "killed")
