@@ -74,6 +74,7 @@ def test_toy_example_is_the_defaults_plus_its_commented_tuning():
     toy, defaults = flat(load_config(example("toy_t2v.yaml")).to_dict()), flat(Config().to_dict())
     changed = {k: toy[k] for k in toy if toy[k] != defaults[k]}
     assert changed == {"model.activation_checkpointing": 0.0, "rollout.micro_batch": 8, "train.iterations": 40,
+                       "rollout.prompts_per_iteration": 8, "rollout.group_size": 4,
                        "train.lr": 1e-4, "data.eval_prompts": 14, "eval.samples_per_prompt": 4}
 
 
