@@ -15,8 +15,9 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_tensor, require
+from ..checks import require
 from ..models.toy.world import COLOURS, DIRECTIONS, SHAPES, ToyWorld, make_prompt
+from .preprocess import check_videos
 
 EPS = 1e-6
 # Colour distance from the background: below MASK_LOW a pixel is background, above
@@ -26,11 +27,7 @@ MASK_LOW, MASK_HIGH = 0.15, 0.45
 
 
 def _check(where: str, videos: torch.Tensor, prompts: Optional[Sequence[str]]) -> torch.Tensor:
-    check_tensor(where, "videos", videos)
-    require(videos.dim() == 5 and videos.shape[2] == 3, f"{where}: videos must be [B, F, 3, H, W]; got {tuple(videos.shape)}")
-    if prompts is not None:
-        require(not isinstance(prompts, str) and len(prompts) == videos.shape[0],
-                f"{where}: prompts must be a list of {videos.shape[0]} str (one per video)")
+    check_videos(where, videos, prompts)
     return videos.float().nan_to_num(0.0).clamp(0.0, 1.0)
 
 

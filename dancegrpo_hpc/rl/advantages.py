@@ -107,7 +107,7 @@ def process_advantages(process_scores: torch.Tensor, group_size: int, eps: float
     as group_advantages)."""
     require(isinstance(process_scores, torch.Tensor) and process_scores.dim() == 2 and process_scores.shape[1] >= 2,
             "process_advantages: process_scores must be [N, T+1] (one score per state)")
-    n, states = process_scores.shape
-    produced = process_scores[:, 1:].float()  # [N, T]
-    per_step = [group_advantages(produced[:, t].contiguous(), group_size, eps) for t in range(states - 1)]
-    return torch.stack(per_step, dim=1)
+    n, steps = process_scores.shape[0], process_scores.shape[1] - 1
+    # step-major [T * N]: each step's N scores still lie group by group
+    produced = process_scores[:, 1:].float().t().reshape(-1)
+    return group_advantages(produced, group_size, eps).view(steps, n).t().contiguous()

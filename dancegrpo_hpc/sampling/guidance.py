@@ -115,10 +115,12 @@ class Guide:
     def internalise(self) -> bool:
         return self.settings.internalise
 
-    def step(self, i: int, num_steps: int, x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float):
-        """(score [B], shift [B, ...] or None) at step i from state x with velocity v."""
+    def step(self, i: int, num_steps: int, x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: float,
+             stochastic: bool = True):
+        """(score [B], shift [B, ...] or None) at step i from state x with velocity v;
+        deterministic steps get no shift (and no reward gradient is computed for them)."""
         sig = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
-        if self.guide and self.settings.active(i, num_steps):
+        if self.guide and stochastic and self.settings.active(i, num_steps):
             score, grad = reward_and_gradient(self.prm, x, sig, self.prompts, v, self.settings.normalize)
             return score, guidance_shift(grad, self.strength, sigma, sigma_next).to(x.dtype)
         return process_score(self.prm, x, sig, self.prompts, v), None

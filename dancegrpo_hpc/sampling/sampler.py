@@ -102,8 +102,9 @@ def sample(
         noise = noise_fn(i) if noise_fn is not None and step_kind != "ode" else None
         shift = None
         if guide is not None:
-            scores[:, i], shift = guide.step(i, num_steps, x, v, float(sig[i]), float(sig[i + 1]))
-            shift = shift if step_kind != "ode" else None  # only stochastic steps are guided
+            # only stochastic steps are guided (an ODE step is only scored)
+            scores[:, i], shift = guide.step(i, num_steps, x, v, float(sig[i]), float(sig[i + 1]),
+                                             stochastic=step_kind != "ode")
         if shift is not None:
             if noise is None:
                 noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
