@@ -1,7 +1,7 @@
 """Prompt sets from files: .txt (one prompt per line), .jsonl (one JSON object per line,
 the prompt in a `prompt` field or the field named by `field`), .csv (VidProM-style:
 a `prompt` column, optionally `uuid` and `image` / `reference_image` for image-to-video
-reference images, given relative to the CSV file's folder or absolute).
+reference images, given relative to the CSV file's folder (or to image_root) or absolute).
 
     prompts = load_prompts("prompts.csv")                  # PromptSet
     split = split_prompts(prompts, eval_count=64, seed=0)  # PromptSplit(train, eval)
@@ -130,11 +130,12 @@ def _jsonl_fields(path: str) -> List[str]:
 
 
 def load_prompts(path: str, field: Optional[str] = None, image_field: Optional[str] = None,
-                 check_images: bool = True) -> PromptSet:
+                 check_images: bool = True, image_root: Optional[str] = None) -> PromptSet:
     """The prompts of a .txt, .jsonl or .csv file (module docstring). field: the prompt's
     field / column (default "prompt"); image_field: the reference-image field / column
     (default: "image" or "reference_image" when the file has one; .txt files have none);
-    check_images: every reference image must be an existing file."""
+    check_images: every reference image must be an existing file; image_root: the folder
+    relative image paths resolve against (default: the prompt file's folder)."""
     require(isinstance(path, (str, os.PathLike)), f"prompt file: path must be a string; got {type(path).__name__}")
     path = os.fspath(path)
     require(os.path.exists(path), f"prompt file {path!r} does not exist")
@@ -154,7 +155,7 @@ def load_prompts(path: str, field: Optional[str] = None, image_field: Optional[s
         rows = _read_csv(path, prompt_field, image_field) if ext == ".csv" else \
             _read_jsonl(path, prompt_field, image_field)
 
-    base = os.path.dirname(os.path.abspath(path))
+    base = os.path.abspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(path))
     prompts, images, ids, seen = [], [], [], set()
     empty = duplicates = 0
     for where, prompt, image, item_id in rows:
@@ -208,9 +209,10 @@ def split_prompts(prompts: PromptSet, eval_count: Optional[int] = None, eval_fra
 
 def load_prompt_split(path: str, eval_count: Optional[int] = None, eval_fraction: Optional[float] = None,
                       seed: int = 0, field: Optional[str] = None, image_field: Optional[str] = None,
-                      check_images: bool = True) -> PromptSplit:
+                      check_images: bool = True, image_root: Optional[str] = None) -> PromptSplit:
     """load_prompts then split_prompts."""
-    return split_prompts(load_prompts(path, field, image_field, check_images), eval_count, eval_fraction, seed)
+    return split_prompts(load_prompts(path, field, image_field, check_images, image_root), eval_count, eval_fraction,
+                         seed)
 
 
 __all__ = ["PromptSet", "PromptSplit", "load_prompts", "split_prompts", "load_prompt_split", "EXTENSIONS"]
