@@ -88,6 +88,7 @@ class RolloutConfig:
     micro_batch: int = 0  # samples per DiT forward while sampling; 0 = every local sample at once
     buffer_device: str = "device"  # device | cpu (pinned on GPU machines)
     reward_workers: int = 2
+    reward_ranks: int = 0  # torchrun ranks (the last ones) that only score rewards; 0 = on the training ranks
 
 
 @dataclass
@@ -195,6 +196,7 @@ class Config:
         _positive_int("rollout.micro_batch", r.micro_batch, minimum=0)
         _positive_int("train.micro_batch", t.micro_batch, minimum=0)
         _positive_int("rollout.reward_workers", r.reward_workers)
+        _positive_int("rollout.reward_ranks", r.reward_ranks, minimum=0)
         _positive_int("checkpoint.every", self.checkpoint.every, minimum=0)
         _positive_int("checkpoint.keep_last", self.checkpoint.keep_last)
         _positive_int("eval.samples_per_prompt", self.eval.samples_per_prompt)

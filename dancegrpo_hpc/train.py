@@ -29,16 +29,34 @@ def run(args) -> int:
         overrides.insert(0, config_path)
         config_path = None
     config = load_config(config_path, overrides)
+    from .distributed import parallel
+
+    pool = None
+    if config.rollout.reward_ranks:
+        from .rewards.pool import initialize
+
+        pool = initialize(config.rollout.reward_ranks)
+        if pool.is_server:
+            return _serve_rewards(config, pool)
     from .rl.trainer import Trainer
 
-    trainer = Trainer(config, resume=args.resume)
+    trainer = Trainer(config, resume=args.resume, reward_pool=pool)
     try:
         trainer.train()
     finally:
         trainer.close()
-        from .distributed import parallel
-
         parallel.destroy()
+    return 0
+
+
+def _serve_rewards(config, pool) -> int:
+    """A reward rank: builds the configured rewards and scores its clients' batches."""
+    from .rewards import AsyncRewardRunner, build_rewards
+    from .rewards.pool import serve
+
+    with AsyncRewardRunner(build_rewards(config.rewards), max_workers=config.rollout.reward_workers) as runner:
+        batches = serve(pool, runner)
+    print(f"[reward pool] rank {pool.rank}: scored {batches} batches for training ranks {pool.clients()}", flush=True)
     return 0
 
 

@@ -44,10 +44,13 @@ def world_size(config: Config, given: Optional[int]) -> int:
         raw = os.environ["WORLD_SIZE"]
         require(raw.isdigit(), f"validate: environment WORLD_SIZE={raw!r} must be a positive integer")
         given = int(raw)
+    pool = config.rollout.reward_ranks
     if given is None:
-        given = config.parallel.tensor * config.parallel.ulysses
+        given = config.parallel.tensor * config.parallel.ulysses + pool
     require(isinstance(given, int) and given >= 1, f"validate: --world-size must be a positive integer; got {given!r}")
-    return given
+    require(given > pool, f"config: rollout.reward_ranks={pool} leaves no training rank in a world of {given}; "
+                          "launch more ranks or lower rollout.reward_ranks")
+    return given - pool  # the training ranks (the reward pool is the last reward_ranks of the launch)
 
 
 def check_model(config: Config, model, shape) -> None:
@@ -134,6 +137,9 @@ def report(config: Config, world: int, model, missing_rewards: List[str], source
     lines.append(f"memory per rank (estimate, {unit}):")
     for key, note in _memory_notes(config, dp).items():
         lines.append(f"  {key.replace('_', ' '):<18} {memory[key] / scale:8.2f}  {note}")
+    if r.reward_ranks:
+        lines.append(f"rewards     on a pool of {r.reward_ranks} separate ranks: launch {world + r.reward_ranks} = "
+                     f"{world} training + {r.reward_ranks} reward ranks")
     for need in runtime_needs(config):
         lines.append(f"needs at run time: {need}")
     if d.source != "toy":

@@ -1,7 +1,6 @@
-"""The entry point: one-line config errors before any heavy work, and the toy run
-under torchrun with two gloo ranks."""
+"""The entry point: one-line config errors before any heavy work (the toy run under
+torchrun with two gloo ranks is in test_reward_pool.py, beside the reward pool run)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -35,20 +34,3 @@ def test_config_errors_are_one_line_and_fast(tmp_path, override, words):
     assert "Traceback" not in out.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
     assert time.perf_counter() - start < 60
-
-
-def test_torchrun_two_ranks_toy_world(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "dancegrpo_hpc.train", TOY, f"output_dir={tmp_path}", "train.iterations=2",
-           "rollout.prompts_per_iteration=2", "rollout.group_size=4", "rollout.micro_batch=2", "sampling.steps=4", "data.eval_prompts=2",
-           "eval.samples_per_prompt=1", "logging.tensorboard=false", "checkpoint.every=1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", THP_MEM_ALLOC_ENABLE="1")
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    metrics = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
-    assert [m["iteration"] for m in metrics] == [1, 2]
-    assert all(m["trained_samples"] == 8 for m in metrics)
-    summary = json.load(open(tmp_path / "summary.json"))
-    assert summary["iterations"] == 2
-    ckpt = tmp_path / "checkpoints" / "iter_0000002"
-    assert (ckpt / "optim_rank0.pt").exists() and (ckpt / "optim_rank1.pt").exists()

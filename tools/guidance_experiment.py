@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--reuse", action="store_true",
                    help="read a run whose folder already holds summary.json instead of training it again "
                         "(runs are deterministic: a plain arm can serve several guided settings)")
+    p.add_argument("--name", default="guided",
+                   help="the guided arm's folder and label, so that several guided settings share one --out "
+                        "and its plain runs (with --reuse)")
     p.add_argument("guided", nargs="*", help="overrides of the guided arm (default: %s)" % " ".join(GUIDED))
     return p.parse_args(argv)
 
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     guided = args.guided or GUIDED
     out = args.out or tempfile.mkdtemp(prefix="guidance-experiment-")
-    arms = {"plain": [], "guided": list(guided)}
+    arms = {"plain": [], args.name: list(guided)}
     results = {arm: {} for arm in arms}
     for arm, extra in arms.items():
         for seed in args.seeds:
@@ -102,16 +105,16 @@ def main(argv=None) -> int:
     targets = args.target or [round(start + f * (best - start), 3) for f in (0.5, 0.75)]
     rows = []
     print(f"\nheld-out reward at iteration 0: {start:.3f}; guided arm: {' '.join(guided)}")
-    print(f"{'target':>8} {'plain iters':>14} {'guided iters':>14} {'speed-up':>10}")
+    print(f"{'target':>8} {'plain iters':>14} {(args.name + ' iters'):>14} {'speed-up':>10}")
     for target in targets:
         its = {arm: [first_reaching(results[arm][s]["curve"], target) for s in args.seeds] for arm in arms}
         per_iter = {arm: statistics.mean(results[arm][s]["wall_s"] / args.iterations for s in args.seeds)
                     for arm in arms}
         speedup = None
-        if all(v is not None for v in its["plain"] + its["guided"]):
-            speedup = statistics.mean(its["plain"]) / statistics.mean(its["guided"])
+        if all(v is not None for v in its["plain"] + its[args.name]):
+            speedup = statistics.mean(its["plain"]) / statistics.mean(its[args.name])
         rows.append({"target": target, "iterations": its, "speedup": speedup, "seconds_per_iteration": per_iter})
-        print(f"{target:8.3f} {describe(its['plain']):>14} {describe(its['guided']):>14} "
+        print(f"{target:8.3f} {describe(its['plain']):>14} {describe(its[args.name]):>14} "
               f"{(f'{speedup:.2f}x' if speedup else 'n/a'):>10}")
     print("seconds per iteration: " + ", ".join(f"{arm} {rows[0]['seconds_per_iteration'][arm]:.2f}" for arm in arms))
     if args.json:

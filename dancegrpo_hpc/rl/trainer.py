@@ -84,13 +84,15 @@ def _to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
 
 
 class Trainer:
-    def __init__(self, config: Config, resume: str = "none", world=None):
-        """world: a data.World to use instead of the one config.data names (tests, embedding)."""
+    def __init__(self, config: Config, resume: str = "none", world=None, reward_pool=None):
+        """world: a data.World to use instead of the one config.data names (tests, embedding);
+        reward_pool: rewards.pool.RewardPool when rollout.reward_ranks > 0."""
         from ..attention import AttentionConfig
         from ..checkpoint import resolve_resume
         from ..data import build_world
         from ..models.hunyuan_video.spec import LayerSpec
         from ..rewards import AsyncRewardRunner, build_rewards
+        from ..rewards.pool import RemoteRewardRunner
 
         self.config = c = config
         if world is None:
@@ -119,9 +121,13 @@ class Trainer:
             reference = self.world.load_policy(**dict(policy_options, checkpoint_fraction=0.0))
             reference.load_state_dict(self.model.state_dict())
             reference.eval().requires_grad_(False)
-        self.reward_specs = build_rewards(c.rewards)
-        self.weights = {spec.name: spec.weight for spec, _ in self.reward_specs}
-        self.runner = AsyncRewardRunner(self.reward_specs, max_workers=c.rollout.reward_workers)
+        self.weights = {spec.name: spec.weight for spec in c.rewards}
+        if c.rollout.reward_ranks:  # the models live on the pool's ranks only
+            require(reward_pool is not None, "config: rollout.reward_ranks > 0 needs the reward pool set up by "
+                                             "`dancegrpo-hpc train` (under torchrun); or set rollout.reward_ranks=0")
+            self.runner = RemoteRewardRunner(reward_pool, list(self.weights))
+        else:
+            self.runner = AsyncRewardRunner(build_rewards(c.rewards), max_workers=c.rollout.reward_workers)
         s, r = c.sampling, c.rollout
         self.velocity_opts = VelocityOptions(cfg_scale=s.cfg_scale, guidance=m.guidance,
                                              autocast=_to_dtype(t.autocast), train_uncond=t.cfg_training)
