@@ -80,7 +80,10 @@ setup(
         # on transformers. No open-clip-torch: HPS's open_clip weights are converted to transformers'
         # CLIPModel at load time, since open_clip needs torchvision (no CPU build on our machines).
         "rewards": ["transformers>=5", "safetensors"],
-        "dev": ["pytest>=7", "pytest-timeout", "diffusers", "transformers>=5"],
+        # Tests of the image / video loaders (dancegrpo_hpc/data/dali_loading.py): DALI's CPU pipelines
+        # run without a GPU, checked against the PIL / PyAV reference; DALI ships Linux wheels only.
+        "dev": ["pytest>=7", "pytest-timeout", "diffusers", "transformers>=5", "pillow", "av",
+                "nvidia-dali-cuda120; platform_system == 'Linux'"],
     },
     entry_points={"console_scripts": ["dancegrpo-hpc=dancegrpo_hpc.cli:main"]},
     zip_safe=False,
