@@ -143,13 +143,17 @@ def finalize(directory: str, meta: Dict, parts: Sequence[str], dtype: torch.dtyp
 def write_embedding_cache(directory: str, encoders, prompts: Sequence[str], shard_size: int = 64,
                           batch_size: int = 8, dtype: Optional[torch.dtype] = None) -> str:
     """One process: encodes the prompts and "" with `encoders` (HunyuanTextEncoders or
-    anything with encode(prompts) and describe()) and writes a complete cache."""
-    dtype = dtype or next(encoders.llama.parameters()).dtype
+    anything with encode(prompts) and describe()) and writes a complete cache. dtype:
+    the cache's (default: the encoders' output dtype)."""
     prompts = [NEGATIVE_PROMPT] + [p for p in prompts if p != NEGATIVE_PROMPT]
-    writer = CacheWriter(directory, "rank00000", shard_size, dtype)
+    writer = None
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        writer.add(batch, *encoders.encode(batch))
+        embeds, mask, pooled = encoders.encode(batch)
+        if writer is None:  # default dtype: the encoders' own
+            dtype = dtype or embeds.dtype
+            writer = CacheWriter(directory, "rank00000", shard_size, dtype)
+        writer.add(batch, embeds, mask, pooled)
     writer.close()
     return finalize(directory, encoders.describe(), ["rank00000"], dtype)
 
