@@ -186,7 +186,7 @@ def test_bad_assumptions_are_one_line_input_errors(kwargs, message):
 
 
 def test_bad_hardware_and_measurement():
-    with pytest.raises(InputError, match="unknown hardware 'a100'; choose one of h100, h800"):
+    with pytest.raises(InputError, match="unknown hardware 'a100'; choose one of h100, h200, h800"):
         hardware("a100")
     with pytest.raises(InputError, match="lacks train_step_s .*keys found: rollout_batched_sps"):
         calibrate(load_config(TOY, BENCH, paths=False), {"rollout_batched_sps": 3.0})

@@ -7,13 +7,15 @@ training, communication volume and time per GPU, memory per GPU.
         --steps 16 --prompts 32 --group-size 24 --tau 0.6 --tp 2 --ulysses 4 --world-size 64
     python tools/perf_model.py CONFIG key.sub=value ... --json
     python tools/bench_train.py --json > bench.json       # on the machine to calibrate
+    python tools/benchmark.py SMALL_CONFIG --json --out bench.json   # or: any config, measured phase by phase
     python tools/perf_model.py --calibrate bench.json [CONFIG ...]
 
 The model and every formula: dancegrpo_hpc/perf/model.py; hardware figures and their
 datasheet sources: dancegrpo_hpc/perf/hardware.py. --calibrate fits the achieved FLOP/s
-of the bench's toy run (examples/toy_t2v.yaml, --bench-prompts x --bench-group samples)
-and, with a CONFIG, predicts it at those rates instead of peak x MFU. Exit 2 with one
-line on bad input.
+of a measured run and, with a CONFIG, predicts it at those rates instead of peak x MFU.
+The measurement is tools/benchmark.py's JSON (it names its own config and layout) or
+tools/bench_train.py's (the toy run examples/toy_t2v.yaml with --bench-prompts x
+--bench-group samples). Exit 2 with one line on bad input.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def parse(argv):
     parser.add_argument("config", nargs="?", default=None, help="trainer YAML config (optional with --preset)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. parallel.ulysses=8")
     parser.add_argument("--world-size", type=int, default=None, help="GPUs (default: tensor x ulysses)")
-    parser.add_argument("--hardware", default="h800", help="h800 | h100")
+    parser.add_argument("--hardware", default="h800", help="h800 | h100 | h200")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     group = parser.add_argument_group("explicit run (instead of or on top of CONFIG)")
     group.add_argument("--preset")
@@ -64,8 +66,9 @@ def parse(argv):
     a.add_argument("--reward-s", type=float, default=0.25, help="rewards, seconds per video on one GPU")
     a.add_argument("--text-tokens", type=int, default=None, help="text tokens per sample (default: padded 256)")
     c = parser.add_argument_group("calibration")
-    c.add_argument("--calibrate", metavar="JSON", help="tools/bench_train.py --json output")
-    c.add_argument("--calibrate-config", default=BENCH_CONFIG, help="the measured run's config (bench: toy_t2v.yaml)")
+    c.add_argument("--calibrate", metavar="JSON", help="tools/benchmark.py or tools/bench_train.py --json output")
+    c.add_argument("--calibrate-config", default=BENCH_CONFIG,
+                   help="bench_train.py measurements: the measured run's config (toy_t2v.yaml)")
     c.add_argument("--bench-prompts", type=int, default=2, help="bench_train.py --prompts of the measurement")
     c.add_argument("--bench-group", type=int, default=8, help="bench_train.py --group of the measurement")
     return parser.parse_intermixed_args(argv)
@@ -91,6 +94,7 @@ def target_config(args):
 def run(args) -> dict:
     from dancegrpo_hpc.config import load_config
     from dancegrpo_hpc.perf import Assumptions, calibrate, estimate, hardware
+    from dancegrpo_hpc.perf.benchmark import calibration_input, is_report
     from dancegrpo_hpc.validate import world_size
 
     hw = hardware(args.hardware)
@@ -102,11 +106,16 @@ def run(args) -> dict:
             try:
                 measurement = json.loads(f.read().strip().splitlines()[-1])
             except (ValueError, IndexError) as exc:
-                raise InputError(f"perf_model: --calibrate {args.calibrate!r} is not bench_train.py JSON ({exc})")
+                raise InputError(f"perf_model: --calibrate {args.calibrate!r} is not benchmark.py / bench_train.py "
+                                 f"JSON ({exc})")
         require(isinstance(measurement, dict), f"perf_model: --calibrate {args.calibrate!r} must hold a JSON object")
-        bench = load_config(args.calibrate_config, [f"rollout.prompts_per_iteration={args.bench_prompts}",
-                                                    f"rollout.group_size={args.bench_group}"], paths=False)
-        out["calibration"] = calibrate(bench, measurement, hw=hw)
+        measured_world = 1
+        if is_report(measurement):  # benchmark.py: the report names its config and layout
+            bench, measurement, measured_world = calibration_input(measurement)
+        else:
+            bench = load_config(args.calibrate_config, [f"rollout.prompts_per_iteration={args.bench_prompts}",
+                                                        f"rollout.group_size={args.bench_group}"], paths=False)
+        out["calibration"] = calibrate(bench, measurement, world_size=measured_world, hw=hw)
         rates = {"rollout": out["calibration"]["rollout_flops_s"], "train": out["calibration"]["train_flops_s"]}
     config = target_config(args)
     if config is not None:

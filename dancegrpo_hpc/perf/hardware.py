@@ -12,7 +12,7 @@ DGX H100 / HGX reference node's one ConnectX-7 NDR port of 400 Gb/s per GPU
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 from ..checks import require
 
@@ -49,6 +49,11 @@ HARDWARE: Dict[str, Hardware] = {
     #   interconnect "NVLink: 400GB/s" (export variant: 44% of H100's 900 GB/s); same IB node.
     "h800": Hardware("H800 SXM", bf16_flops=989.4 * TERA, tf32_flops=494.7 * TERA, fp8_flops=1978.9 * TERA,
                      hbm_bytes_s=3350 * GIGA, memory_bytes=80 * GIB, nvlink_bytes_s=400 * GIGA, ib_bytes_s=50 * GIGA),
+    # NVIDIA H200 Tensor Core GPU datasheet, "H200 SXM" column: the same Tensor Core figures as
+    #   H100 SXM (BF16 1,979* / FP8 3,958* / TF32 989* teraFLOPS with sparsity), GPU memory 141 GB
+    #   (HBM3e) at 4.8 TB/s, "NVLink: 900GB/s"; DGX H200: 8x ConnectX-7 400 Gb/s, as DGX H100.
+    "h200": Hardware("H200 SXM", bf16_flops=989.4 * TERA, tf32_flops=494.7 * TERA, fp8_flops=1978.9 * TERA,
+                     hbm_bytes_s=4800 * GIGA, memory_bytes=141 * GIB, nvlink_bytes_s=900 * GIGA, ib_bytes_s=50 * GIGA),
 }
 
 
@@ -57,4 +62,17 @@ def hardware(name: str) -> Hardware:
     return HARDWARE[name]
 
 
-__all__ = ["Hardware", "HARDWARE", "hardware"]
+def detect(device_name: str) -> Optional[str]:
+    """The preset of a CUDA device name (torch.cuda.get_device_name), or None. Only the SXM
+    parts match: PCIe and NVL boards have lower clocks and peaks (H100 PCIe 756 dense BF16
+    TFLOP/s), so an MFU against the SXM peak would be wrong for them."""
+    name = device_name.upper()
+    if any(tag in name for tag in ("PCIE", "NVL")):
+        return None
+    for key in ("h100", "h200", "h800"):
+        if key.upper() in name.split() or f"NVIDIA {key.upper()}" in name:
+            return key
+    return None
+
+
+__all__ = ["Hardware", "HARDWARE", "hardware", "detect"]

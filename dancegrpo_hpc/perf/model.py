@@ -43,7 +43,7 @@ dancegrpo_hpc.memory.estimate_memory.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from ..checks import require
 from ..config import Config, check_layout
@@ -149,23 +149,63 @@ def _shape(config: Config, world_size: int, text_override: Optional[int] = None)
 
 
 def _work(config: Config, model, dp: int):
-    """Per data-parallel rank: rollout forwards, trained (sample, timestep) pairs and the
-    forward-equivalents each trained pair costs."""
+    """Per data-parallel rank: batch sizes, trained timesteps per sample, the CFG factor of
+    a sampling step and the forward-equivalents each trained (sample, timestep) pair costs."""
     from ..rl.timesteps import num_train_timesteps
 
     s, t = config.sampling, config.train
     sizes = batch_sizes(config, dp)
     cfg = 2 if s.cfg_scale > 1 else 1
     k = num_train_timesteps(s.steps, t.timestep_fraction)
-    rollout_forwards = sizes["local"] * s.steps * cfg
-    trained = sizes["kept"] * t.epochs * k * (2 if t.cfg_training else 1)
     recompute = config.model.activation_checkpointing
     passes = 3 + recompute + (1 if t.kl_coef > 0 else 0)  # forward, backward (2x), recompute, reference
-    return sizes, k, cfg, rollout_forwards, trained, passes
+    return sizes, k, cfg, passes
 
 
 def _element(config: Config) -> int:
     return 2 if config.model.dtype == "bfloat16" or config.train.autocast == "bfloat16" else 4
+
+
+def _padded(config: Config, video: int, text: int):
+    """Tokens are padded to a multiple of the sequence pieces (Ulysses x TP under SP)."""
+    p = config.parallel
+    shards = p.ulysses * (p.tensor if p.sequence_parallel else 1)
+    return -(-video // shards) * shards, -(-text // shards) * shards
+
+
+def dit_flops(config: Config, world_size: int = 1, rollout_samples: Optional[float] = None,
+              trained_pairs: Optional[float] = None, text_tokens: Optional[int] = None) -> Dict:
+    """The DiT FLOPs per GPU of one data-parallel rank's work: rollout_samples samples
+    through the T sampling steps (x2 under real CFG) and trained_pairs trained (sample,
+    timestep) pairs, each `passes` forward-equivalents (x2 under CFG training). Defaults:
+    the config's own iteration (local samples; kept samples x epochs x trained timesteps).
+    estimate(), calibrate() and the measured benchmark (perf/benchmark.py) all count here."""
+    model, dp, shape, video, text = _shape(config, world_size, text_tokens)
+    video_pad, text_pad = _padded(config, video, text)
+    fwd = forward_flops(model, video_pad, text_pad)
+    sizes, k, cfg, passes = _work(config, model, dp)
+    if rollout_samples is None:
+        rollout_samples = sizes["local"]
+    if trained_pairs is None:
+        trained_pairs = sizes["kept"] * config.train.epochs * k
+    group = config.parallel.tensor * config.parallel.ulysses
+    rollout_forwards = rollout_samples * config.sampling.steps * cfg
+    train_forwards = trained_pairs * (2 if config.train.cfg_training else 1)
+
+    def split(forwards, per):
+        out = {key: forwards * per * fwd[key] / group for key in ("linear", "attention")}
+        return dict(out, total=out["linear"] + out["attention"])
+
+    return {"model": model, "dp": dp, "group": group, "latent": shape, "video_tokens": video, "text_tokens": text,
+            "tokens_padded": video_pad + text_pad, "forward": fwd, "sizes": sizes, "trained_timesteps": k, "cfg": cfg,
+            "passes": passes, "rollout_forwards": rollout_forwards, "train_forwards": train_forwards,
+            "rollout": split(rollout_forwards, 1), "train": split(train_forwards, passes)}
+
+
+def peak_flops(config: Config, hw: Hardware) -> Tuple[float, str]:
+    """The peak an MFU of `config` is measured against: TF32 for float32 models, else BF16
+    (FP8 linears too: their MFU is quoted against the BF16 peak)."""
+    return (hw.tf32_flops, "tf32") if _element(config) == 4 else (hw.bf16_flops, "bf16")
 
 
 def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumptions = Assumptions(),
@@ -173,19 +213,20 @@ def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumpt
     """Per-iteration prediction (see the module docstring). rates: calibrated FLOP/s per
     GPU {"rollout", "train"} replacing peak x MFU."""
     assumptions.check()
-    model, dp, shape, video, text = _shape(config, world_size, assumptions.text_tokens)
+    work = dit_flops(config, world_size, text_tokens=assumptions.text_tokens)
+    model, dp, shape, video, text = work["model"], work["dp"], work["latent"], work["video_tokens"], work["text_tokens"]
     p, s, t = config.parallel, config.sampling, config.train
     tp, u = p.tensor, p.ulysses
     group = tp * u
-    shards = u * (tp if p.sequence_parallel else 1)  # tokens are padded to a multiple of the sequence pieces
-    video_pad, text_pad = -(-video // shards) * shards, -(-text // shards) * shards
-    tokens = video_pad + text_pad
-    fwd = forward_flops(model, video_pad, text_pad)
-    sizes, k, cfg, rollout_forwards, trained, passes = _work(config, model, dp)
+    tokens = work["tokens_padded"]
+    text_pad = _padded(config, video, text)[1]
+    fwd = work["forward"]
+    sizes, k, cfg, passes = work["sizes"], work["trained_timesteps"], work["cfg"], work["passes"]
+    rollout_forwards, trained = work["rollout_forwards"], work["train_forwards"]
 
     # compute per GPU
-    rollout_flops = {key: rollout_forwards * fwd[key] / group for key in ("linear", "attention")}
-    train_flops = {key: trained * passes * fwd[key] / group for key in ("linear", "attention")}
+    rollout_flops = {key: work["rollout"][key] for key in ("linear", "attention")}
+    train_flops = {key: work["train"][key] for key in ("linear", "attention")}
     fp32 = _element(config) == 4
     attention_peak = hw.tf32_flops if fp32 else hw.bf16_flops
     linear_peak = hw.fp8_flops if config.model.fp8 else attention_peak
@@ -272,31 +313,31 @@ BENCH_KEYS = ("rollout_batched_sps", "train_step_s")
 
 
 def calibrate(config: Config, measurement: Dict, world_size: int = 1, hw: Optional[Hardware] = None) -> Dict:
-    """Achieved FLOP/s per GPU of a measured run of `config` (tools/bench_train.py --json:
-    rollout_batched_sps samples/s, train_step_s seconds per optimizer step; optional
-    rollout_sequential_sps). With hw: the implied MFU against its BF16 (TF32) peak."""
+    """Achieved FLOP/s per GPU of a measured run of `config`: rollout_batched_sps samples/s
+    (the whole run), train_step_s seconds per optimizer step, optional rollout_sequential_sps
+    (tools/bench_train.py --json; perf.benchmark.calibration_input turns tools/benchmark.py
+    --json into the same keys). With hw: the implied MFU against its BF16 (TF32) peak."""
     missing = [key for key in BENCH_KEYS if key not in measurement]
     require(not missing, f"perf model calibrate: the measurement lacks {', '.join(missing)} (keys found: "
-                         f"{', '.join(sorted(measurement)) or 'none'}); give tools/bench_train.py --json output")
+                         f"{', '.join(sorted(measurement)) or 'none'}); give tools/bench_train.py or "
+                         "tools/benchmark.py --json output")
     for key in BENCH_KEYS + ("rollout_sequential_sps",):
         if key in measurement:
             value = measurement[key]
             require(isinstance(value, (int, float)) and value > 0,
                     f"perf model calibrate: {key} must be a positive number; got {value!r}")
-    model, dp, _, video, text = _shape(config, world_size)
-    group = config.parallel.tensor * config.parallel.ulysses
-    fwd = forward_flops(model, video, text)["total"]
-    sizes, k, cfg, _, _, passes = _work(config, model, dp)
-    per_sample = config.sampling.steps * cfg * fwd / group  # one sample's rollout FLOPs on one GPU
+    one = dit_flops(config, world_size, rollout_samples=1, trained_pairs=0)
+    k = one["trained_timesteps"]
+    per_sample = one["rollout"]["total"]  # one sample's rollout FLOPs on one GPU
+    per_step = dit_flops(config, world_size, rollout_samples=0, trained_pairs=one["sizes"]["per_update"] * k)
     # samples/s of the whole run -> of one data-parallel rank
-    out = {"forward_flops_per_sample": fwd,
-           "rollout_flops_s": measurement["rollout_batched_sps"] / dp * per_sample,
-           "train_flops_s": sizes["per_update"] * k * (2 if config.train.cfg_training else 1) * passes * fwd
-           / group / measurement["train_step_s"]}
+    out = {"forward_flops_per_sample": one["forward"]["total"],
+           "rollout_flops_s": measurement["rollout_batched_sps"] / one["dp"] * per_sample,
+           "train_flops_s": per_step["train"]["total"] / measurement["train_step_s"]}
     if "rollout_sequential_sps" in measurement:
-        out["rollout_sequential_flops_s"] = measurement["rollout_sequential_sps"] / dp * per_sample
+        out["rollout_sequential_flops_s"] = measurement["rollout_sequential_sps"] / one["dp"] * per_sample
     if hw is not None:
-        peak = hw.tf32_flops if _element(config) == 4 else hw.bf16_flops
+        peak = peak_flops(config, hw)[0]
         out["mfu"] = {key.replace("_flops_s", ""): value / peak for key, value in out.items() if key.endswith("_s")}
         out["peak"] = {"hardware": hw.name, "flops_s": peak}
     return out
@@ -363,5 +404,6 @@ def format_report(r: Dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Assumptions", "forward_flops", "tp_bytes_per_forward", "ulysses_bytes_per_forward", "dp_bytes_per_step",
+__all__ = ["Assumptions", "forward_flops", "dit_flops", "peak_flops", "tp_bytes_per_forward", "ulysses_bytes_per_forward",
+           "dp_bytes_per_step",
            "estimate", "calibrate", "format_report", "flop_rate", "BENCH_KEYS"]
