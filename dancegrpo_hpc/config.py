@@ -4,7 +4,7 @@
 one line naming the dotted key. `Config.check()` validates what can be checked
 without the world size or the file system; `check_paths(config)` is the one place
 that looks at the file system; `check_layout(config, world_size)` adds
-divisibility; `check_runnable(config)` says whether this trainer can run it.
+divisibility; `check_runnable(config)` is what the trainer checks before loading anything.
 """
 
 from __future__ import annotations
@@ -57,19 +57,23 @@ class ParallelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "toy"  # toy: the embedded procedural world; prompts: a prompt file + real VAE (not trained yet)
+    source: str = "toy"  # toy: the embedded procedural world; prompts: a prompt file, text embeddings, real VAE
     frames: int = 8  # video frames (toy world) or latent-producing frames (real data: 4k + 1, 1 for images)
     height: int = 32
     width: int = 32
     eval_prompts: int = 8  # held-out prompts for the before/after evaluation
-    prompts: Optional[str] = None  # source prompts: prompt file (one prompt per line)
-    embeddings: Optional[str] = None  # source prompts: precomputed text-embedding cache directory
+    prompts: Optional[str] = None  # source prompts: .txt / .jsonl / .csv prompt file (I2V: with an image column)
+    embeddings: Optional[str] = None  # source prompts: text-embedding cache (tools/precompute_embeddings.py)
     text_encoder: Optional[str] = None  # source prompts: text encoder directory (encode on the fly instead of a cache)
-    vae: Optional[str] = None  # source prompts: diffusers VAE directory (decode for the rewards)
-    reference_images: Optional[str] = None  # source prompts, image-to-video: reference image directory
+    vae: Optional[str] = None  # source prompts: diffusers VAE directory (decode for the rewards, encode I2V images)
+    reference_images: Optional[str] = None  # source prompts, I2V: folder the prompt file's image paths are relative to
 
 
 REAL_DATA_FIELDS = ("prompts", "embeddings", "text_encoder", "vae", "reference_images")
+_DATA_DIRS = {"embeddings": "a cache folder written by tools/precompute_embeddings.py",
+              "text_encoder": "a HunyuanVideo folder with text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/",
+              "vae": "a diffusers AutoencoderKLHunyuanVideo folder (e.g. <HunyuanVideo>/vae)",
+              "reference_images": "the folder the prompt file's image paths are relative to"}
 
 
 @dataclass
@@ -256,10 +260,13 @@ class Config:
             require(not extra, f"config: data.{extra[0] if extra else ''} is read only with data.source=prompts; "
                                "remove it or set data.source=prompts")
             return
-        require(d.prompts is not None, "config: data.source=prompts needs data.prompts (a prompt file, one per line)")
+        require(d.prompts is not None, "config: data.source=prompts needs data.prompts (a .txt / .jsonl / .csv prompt "
+                                       "file)")
         require(d.vae is not None, "config: data.source=prompts needs data.vae (a diffusers VAE directory)")
         require(d.embeddings is not None or d.text_encoder is not None,
                 "config: data.source=prompts needs data.embeddings (precomputed cache) or data.text_encoder")
+        require(d.embeddings is None or d.text_encoder is None,
+                "config: give data.embeddings (a precomputed cache) or data.text_encoder (encode on the fly), not both")
         require((d.frames - 1) % VIDEO_VAE_TIME == 0,
                 f"config: data.frames must be 4k + 1 for the video VAE (1 for images, e.g. 53); got {d.frames}")
         for name in ("height", "width"):
@@ -308,17 +315,17 @@ def check_paths(config: Config) -> None:
                                        "checkpoint directory (config.json + *.safetensors)")
     if d.prompts is not None:
         require(os.path.isfile(d.prompts), f"config: data.prompts {d.prompts!r} is not a file; give a prompt file")
-    for name in ("embeddings", "text_encoder", "vae", "reference_images"):
+    for name, what in _DATA_DIRS.items():
         path = getattr(d, name)
         if path is not None:
-            require(os.path.isdir(path), f"config: data.{name} {path!r} is not a directory")
+            require(os.path.isdir(path), f"config: data.{name} {path!r} is not a directory; give {what}")
 
 
 def check_runnable(config: Config) -> None:
-    """What this trainer can run today (called by the trainer; `validate` does not)."""
-    require(config.data.source == "toy",
-            f"config: data.source={config.data.source!r}: the real-data pipeline is not wired into the trainer yet; "
-            "`dancegrpo-hpc validate` checks this config, train with data.source=toy")
+    """What the trainer checks before it loads anything: every configured path exists
+    (`validate --no-check-paths` may skip that, a run may not). The real-data world then
+    checks the files' contents against each other before loading weights."""
+    check_paths(config)
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:

@@ -29,6 +29,7 @@ headroom (10-20 GiB on an 80 GB GPU).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -84,7 +85,8 @@ def model_config(config: Config):
 
 def latent_shape(config: Config, model) -> Tuple[int, int, int, int]:
     """(C, F, H, W) of one sample's latents: the toy VAE's for the toy world, else the
-    video VAE's (time 4x: (F - 1) / 4 + 1 latent frames; space 8x; 16 channels)."""
+    video VAE's (time 4x: (F - 1) / 4 + 1 latent frames; space 8x): its latent channels
+    from data.vae's config.json when readable here, else the channels the DiT predicts."""
     d = config.data
     if d.source == "toy":
         try:
@@ -92,8 +94,16 @@ def latent_shape(config: Config, model) -> Tuple[int, int, int, int]:
         except ImportError:
             return (model.out_channels, d.frames, d.height // TOY_SPATIAL_FACTOR, d.width // TOY_SPATIAL_FACTOR)
         return tuple(ToyVAE().latent_shape(d.frames, d.height, d.width))
-    return (VIDEO_VAE_CHANNELS, (d.frames - 1) // VIDEO_VAE_TIME + 1, d.height // VIDEO_VAE_SPACE,
-            d.width // VIDEO_VAE_SPACE)
+    frames = (d.frames - 1) // VIDEO_VAE_TIME + 1
+    return (_vae_channels(d.vae, model.out_channels), frames, d.height // VIDEO_VAE_SPACE, d.width // VIDEO_VAE_SPACE)
+
+
+def _vae_channels(path, default: int) -> int:
+    file = os.path.join(path, "config.json") if path else ""
+    if not os.path.isfile(file):  # a cluster path checked elsewhere (--no-check-paths): the run checks it
+        return default
+    with open(file) as f:
+        return int(json.load(f).get("latent_channels", VIDEO_VAE_CHANNELS))
 
 
 def text_tokens(config: Config, model) -> int:

@@ -142,8 +142,6 @@ def report(config: Config, world: int, model, missing_rewards: List[str], source
                      f"{world} training + {r.reward_ranks} reward ranks")
     for need in runtime_needs(config):
         lines.append(f"needs at run time: {need}")
-    if d.source != "toy":
-        lines.append(f"note: the trainer refuses data.source={d.source} until the real-data pipeline is wired in")
     if missing_rewards:
         lines.append(f"warning: rewards not registered here: {', '.join(missing_rewards)} (they must register "
                      "at run time)")

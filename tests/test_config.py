@@ -141,10 +141,10 @@ def test_paths_are_checked_in_one_place_and_can_be_skipped(tmp_path):
                                       + [f"data.embeddings={tmp_path / 'cache'}"])
 
 
-def test_prompts_source_is_not_runnable_yet():
+def test_runnable_checks_paths_before_loading():
     check_runnable(Config())
-    message = error_of(check_runnable, cluster("hunyuan_t2v_64gpu.yaml"))
-    assert "data.source" in message and "not wired" in message
+    message = error_of(check_runnable, cluster("hunyuan_t2v_64gpu.yaml"))  # /data/... does not exist here
+    assert "model.path" in message and "diffusers-format checkpoint" in message
 
 
 @pytest.mark.parametrize("overrides, world, field", [

@@ -37,21 +37,28 @@ class _Named:
         return self.fn(videos, prompts)
 
 
+def write_tiny_dit(directory, config, seed=1234) -> str:
+    """A randomly initialised DiT of `config` saved in diffusers layout."""
+    from dancegrpo_hpc.models.hunyuan_video.model import HunyuanVideoDiT
+    from dancegrpo_hpc.models.hunyuan_video.weights import save_diffusers
+
+    torch.manual_seed(seed)
+    model = HunyuanVideoDiT(config)
+    with torch.no_grad():  # zero-init output layers would make every sample identical: perturb them
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    save_diffusers(model, str(directory))
+    return str(directory)
+
+
 def tiny_model_dir() -> str:
     """A randomly initialised tiny DiT in diffusers layout, written once per machine
     (every rank and run loads the same weights, at any TP degree)."""
     if not os.path.exists(os.path.join(_MODEL_DIR, "config.json")):
         from dancegrpo_hpc.models.hunyuan_video.config import preset
-        from dancegrpo_hpc.models.hunyuan_video.model import HunyuanVideoDiT
-        from dancegrpo_hpc.models.hunyuan_video.weights import save_diffusers
 
-        torch.manual_seed(1234)
-        model = HunyuanVideoDiT(preset("tiny").replace(guidance_embeds=False))
-        with torch.no_grad():  # zero-init output layers would make every sample identical: perturb them
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
         tmp = f"{_MODEL_DIR}.tmp{os.getpid()}"
-        save_diffusers(model, tmp)
+        write_tiny_dit(tmp, preset("tiny").replace(guidance_embeds=False))
         try:
             os.replace(tmp, _MODEL_DIR)
         except OSError:  # another process won the race
@@ -79,7 +86,7 @@ class TinyWorld(World):
                                          torch.zeros_like(cond.pooled))
         return cond
 
-    def decode(self, latents):
+    def decode(self, latents, cond=None):
         x = latents.float().cpu()
         video = torch.sigmoid(x[:, :3]).permute(0, 2, 1, 3, 4)  # [B, F, 3, H, W]
         return video.contiguous()

@@ -1,8 +1,8 @@
-"""World interface and the embedded toy world adapter."""
+"""World interface, the embedded toy world adapter and build_world."""
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -19,8 +19,9 @@ class World:
     def encode(self, prompts: List[str], device, negative: bool = False) -> Conditioning:
         raise NotImplementedError
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, C, F, H, W] latents -> [B, F, 3, H, W] videos in [0, 1]."""
+    def decode(self, latents: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
+        """[B, C, F, H, W] latents -> [B, F, 3, H, W] videos in [0, 1]. cond: the samples'
+        conditioning (image-to-video worlds whose first frame is the reference image's)."""
         raise NotImplementedError
 
     def load_policy(self, **options):
@@ -54,7 +55,7 @@ class ToyWorldAdapter(World):
                 cond.negative = Conditioning(ne.to(device), nm.to(device), npool.to(device))
         return cond
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
         with torch.no_grad():
             return self.vae.decode(latents.float().cpu())
 
@@ -64,7 +65,12 @@ class ToyWorldAdapter(World):
         return load_toy_model(self.config.model.path or TOY_CHECKPOINT, **options)
 
 
-def build_world(config) -> World:
+def build_world(config, device="cpu") -> World:
+    """The world config.data names; device: where the real world's VAE and text encoders run."""
     if config.data.source == "toy":
         return ToyWorldAdapter(config)
+    if config.data.source == "prompts":
+        from .real_world import PromptWorld
+
+        return PromptWorld(config, device)
     raise ValueError(f"data.source {config.data.source!r} is not supported")

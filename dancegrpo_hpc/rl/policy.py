@@ -56,7 +56,8 @@ def dit_input(config, x: torch.Tensor, image_latents: Optional[torch.Tensor]) ->
     token_replace = config.image_condition_type == "token_replace"
     if not (extra or token_replace):
         if image_latents is not None:
-            raise ValueError(f"velocity: model {config.variant!r} is text-to-video but the conditioning has image latents")
+            raise ValueError(f"velocity: model {config.variant!r} is text-to-video but the conditioning has image "
+                             "latents")
         return x
     if image_latents is None:
         raise ValueError(f"velocity: image-to-video model {config.variant!r} needs Conditioning.image_latents")

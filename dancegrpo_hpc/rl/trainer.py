@@ -100,7 +100,7 @@ class Trainer:
         self.topo = Topology.create(c)
         check_layout(c, self.topo.world)
         self.resume_path = resolve_resume(resume, c.output_dir)
-        self.world = world if world is not None else build_world(c)
+        self.world = world if world is not None else build_world(c, self.topo.device)
         m = c.model
         policy_options = dict(
             sequence_parallel=c.parallel.sequence_parallel, spec=LayerSpec(m.layer_spec, m.fp8),
@@ -193,7 +193,9 @@ class Trainer:
         sample_ids = (prompt_ids.repeat_interleave(g) * g + torch.arange(g).repeat(len(prompts))).long()
 
         def submit(final, part):
-            self.runner.submit(self.world.decode(final), sample_prompts[part], sample_ids[part].tolist())
+            rows = torch.arange(part.start, part.stop, device=cond.embeds.device) // g  # samples -> their prompts
+            self.runner.submit(self.world.decode(final, cond.select(rows)), sample_prompts[part],
+                               sample_ids[part].tolist())
 
         batch = self.worker.generate_rollouts(cond, prompts, prompt_ids, iteration, self.world.latent_shape, submit,
                                               self.guide_for)
@@ -268,7 +270,7 @@ class Trainer:
                 initial = randn_per_sample(seeds, self.world.latent_shape, topo.device)
                 traj = sample(lambda x, s, _: velocity(self.model, x, s, cond, self.velocity_opts), initial, sigmas,
                               "ode", store_latents=False)
-                decoded = self.world.decode(traj.final)
+                decoded = self.world.decode(traj.final, cond)
                 res = self.runner.run_sync(decoded, [prompts[i]] * k, list(range(k)))
                 ok = ~res.failed
                 total = sum(self.weights[n] * res.scores[n].float() for n in names) / sum(self.weights.values())

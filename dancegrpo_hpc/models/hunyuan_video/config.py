@@ -95,6 +95,7 @@ PRESETS["tiny"] = TINY
 PRESETS["tiny-i2v-concat"] = TINY.replace(in_channels=9, image_condition_type="latent_concat", guidance_embeds=False,
                                           variant="tiny-i2v-concat")
 PRESETS["tiny-i2v-token-replace"] = TINY.replace(image_condition_type="token_replace", variant="tiny-i2v-token-replace")
+PRESETS["tiny-i2v-32ch"] = TINY.replace(in_channels=8, variant="tiny-i2v-32ch")  # SkyReels' layout: [latent | image]
 # The embedded toy world's model (dancegrpo_hpc.models.toy): latents of ToyVAE (12 channels,
 # 8 x 16 x 16 for a 32x32 clip of 8 frames: 256 tokens at patch 2x2x2, which trains 2.5x
 # faster on CPU than 512 at 1x2x2), ToyTextEncoder's 32-d tokens and pooled vector, no
