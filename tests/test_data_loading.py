@@ -206,14 +206,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKLHunyuanVideo
+    from hv_utils import write_tiny_vae
 
-    torch.manual_seed(0)
-    vae = AutoencoderKLHunyuanVideo(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-                                    latent_channels=4, scaling_factor=0.7, mid_block_add_attention=False)
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return str(path)
+    return write_tiny_vae(tmp_path_factory.mktemp("vae"), scaling_factor=0.7, mid_block_add_attention=False)
 
 
 def _diffusers_i2v_latents(vae, images):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from hv_utils import write_tiny_vae
 from reward_utils import write_videoalign
 from text_encoder_utils import save_tiny_text_encoders
 from trainer_utils import write_tiny_dit
@@ -39,16 +40,6 @@ HARDWARE_KEYS = {"model.attention"}
 T2V_PROMPTS = ["a red car moving left", "a dog running in the rain", "a bird flying over the river",
                "a small house near the mountain"]
 I2V_PROMPTS = ["the cat jumping", "a green tree in the snow", "a fish in the river"]
-
-
-def write_tiny_vae(directory, latent_channels=4, seed=0):
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKLHunyuanVideo(latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8),
-                                    layers_per_block=1, norm_num_groups=4)
-    vae.save_pretrained(directory)
-    return str(directory)
 
 
 def write_images(directory, count, size=(40, 60)):
