@@ -160,10 +160,11 @@ def _vae_decode(root, latents):
     return ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
 
 
-def _one_iteration(config):
-    """Runs iteration 0 through the Trainer; records the rollout the update trains on and
-    its log-probs recomputed before the update at every trainable step: in micro-batches
-    of the rollout's size, and for one sample alone (the training micro-batch, 1)."""
+def _one_iteration(config, whole_run=False):
+    """Runs iteration 0 through the Trainer (whole_run: `train()`, with the held-out
+    evaluations and the checkpoint); records the rollout the update trains on and its
+    log-probs recomputed before the update at every trainable step: in micro-batches of
+    the rollout's size, and for one sample alone (the training micro-batch, 1)."""
     from dancegrpo_hpc.rl.trainer import Trainer
 
     trainer = Trainer(config)
@@ -185,7 +186,13 @@ def _one_iteration(config):
     worker.update_policy = recording_update
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     try:
-        metrics = trainer.run_iteration(0)
+        if whole_run:
+            summary = trainer.train()
+            assert math.isfinite(summary["reward_before"]) and math.isfinite(summary["reward_after"])
+            assert os.path.exists(os.path.join(config.output_dir, "checkpoints", "iter_0000001"))
+            metrics = trainer.history[0]
+        else:
+            metrics = trainer.run_iteration(0)
     finally:
         trainer.close()
     changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in trainer.model.named_parameters())
@@ -207,7 +214,7 @@ def _check_iteration(trainer, metrics, seen, changed, rewards):
 
 def test_t2v_iteration_from_the_tiny_config(root, tmp_path):
     config = real_config("tiny_t2v_real.yaml", root, tmp_path)
-    trainer, metrics, seen, changed = _one_iteration(config)
+    trainer, metrics, seen, changed = _one_iteration(config, whole_run=True)
     _check_iteration(trainer, metrics, seen, changed, ("videoalign_vq", "videoalign_mq"))
     world, batch = trainer.world, seen["batch"]
     assert world.latent_shape == (4, 3, 4, 4) and batch.latents.shape[1:] == (5, 4, 3, 4, 4)
