@@ -7,9 +7,10 @@ Assumptions (each term is one entry of the result):
   from the architecture, equal to the model built on the meta device), in model.dtype.
 - gradients: as many as parameters, same dtype, counted as resident (the training
   peak holds them even though zero_grad(set_to_none) frees them between updates).
-- optimizer: AdamW's two moments in float32 (8 bytes per parameter, the upper
-  bound for bfloat16 parameters), divided over dp x ulysses ranks under
-  parallel.zero (ZeRO-1 over the data x context-parallel group).
+- optimizer: AdamW's two moments in float32 (8 bytes per parameter), plus float32
+  master weights (4 bytes) when model.dtype is bfloat16 (rl/optim.MasterWeightAdamW),
+  divided over dp x ulysses ranks under parallel.zero (ZeRO-1 over the data x
+  context-parallel group).
 - ema: a float32 copy of this rank's parameters when train.ema_decay is set.
 - reference: a copy of the model in model.dtype when train.kl_coef > 0.
 - rollout_latents: (T + 1) float32 latents per local sample (every Ulysses / TP
@@ -218,7 +219,7 @@ def estimate_memory(config: Config, world_size: int, model=None) -> Dict[str, in
     out = {
         "parameters": params * size,
         "gradients": params * size,
-        "optimizer": math.ceil(params * 8 / zero_ranks),
+        "optimizer": math.ceil(params * (8 if size == 4 else 12) / zero_ranks),
         "ema": params * 4 if t.ema_decay is not None else 0,
         "reference": params * size if t.kl_coef > 0 else 0,
         "rollout_latents": latents if config.rollout.buffer_device == "device" else 0,

@@ -159,7 +159,8 @@ def _memory_notes(config: Config, dp: int) -> dict:
     return {
         "parameters": f"{m.dtype}, this TP rank's share",
         "gradients": m.dtype,
-        "optimizer": f"AdamW moments, float32, / {zero} ranks" if zero > 1 else "AdamW moments, float32",
+        "optimizer": ("AdamW moments" + (" + master weights" if m.dtype != "float32" else "") + ", float32"
+                      + (f", / {zero} ranks" if zero > 1 else "")),
         "ema": "float32 copy" if t.ema_decay is not None else "(train.ema_decay unset)",
         "reference": "model copy for KL" if t.kl_coef > 0 else "(train.kl_coef = 0)",
         "rollout_latents": f"(T + 1) float32 latents per local sample ({placement})" if placement == "device"

@@ -266,7 +266,9 @@ def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumpt
     rollout_comm = comm["tp_rollout"] / links["tp"][1] + comm["ulysses_rollout"] / links["ulysses"][1]
     train_comm = comm["tp_train"] / links["tp"][1] + comm["ulysses_train"] / links["ulysses"][1]
     zero = dp * u if p.zero else 1
-    optimizer_bytes = params_rank / zero * (16 + 3 * grad_element) + params_rank * grad_element  # moments r/w; norm
+    masters = 8 if grad_element < 4 else 0  # float32 master weights read and written (MasterWeightAdamW)
+    # moments read + written, master weights, grad / weight traffic of the owned shard; the norm reads every grad
+    optimizer_bytes = params_rank / zero * (16 + masters + 3 * grad_element) + params_rank * grad_element
     videos = sizes["local"] / group  # per GPU
     times = {
         "rollout_compute": rollout_compute, "rollout_comm": hidden * rollout_comm,
