@@ -62,12 +62,10 @@ class _Rounds:
 
 
 def _one_round(trainer, iteration: int, timer, rounds: _Rounds) -> None:
-    """One iteration phase by phase (see the module docstring); mirrors Trainer.run_iteration
-    without the reward overlap."""
+    """One iteration phase by phase (see the module docstring): Trainer.run_iteration's
+    steps without the reward overlap."""
     import torch
 
-    from ..rl.advantages import process_advantages
-    from ..rl.assign import assign_advantages
     c, topo, world = trainer.config, trainer.topo, trainer.world
     g = c.rollout.group_size
     prompts, prompt_ids = trainer.prompts_for(iteration)
@@ -91,24 +89,12 @@ def _one_round(trainer, iteration: int, timer, rounds: _Rounds) -> None:
         results = trainer.runner.collect()
     rounds.add("reward", p, videos=n)
     with timer() as p:
-        names = list(trainer.weights)
-        local = torch.stack([results.scores[name].float() for name in names], dim=1)
-        scores_all = topo.all_gather(local.to(topo.device)).cpu()
-        failed_all = topo.all_gather(results.failed.to(topo.device)).cpu().bool()
-        assigned = assign_advantages({name: scores_all[:, i] for i, name in enumerate(names)}, failed_all,
-                                     trainer.weights, g, c.train.algorithm, c.train.best_of_n)
-        mine = slice(topo.dp_rank * n, (topo.dp_rank + 1) * n)
-        kept = torch.nonzero(assigned.keep[mine]).flatten()
-        process = None
-        if "process_scores" in batch.extras and c.guidance.process_advantage > 0:
-            process_all = topo.all_gather(batch.extras["process_scores"].to(topo.device)).cpu()
-            process = process_advantages(process_all, g)[mine][kept]
+        adv = trainer.advantages(batch, results)
     rounds.add("advantages", p, videos=n)
     with timer() as p:
-        if int(assigned.keep.sum()) > 0:  # every rank joins the update's collectives
-            trainer.worker.update_policy(batch.select(kept), assigned.advantages[mine][kept], iteration, process,
-                                         c.guidance.process_advantage)
-    rounds.add("train", p, videos=len(kept), pairs=len(kept) * c.train.epochs * _trained_timesteps(c))
+        trainer.update(batch, adv, iteration)
+    kept = len(adv.kept)
+    rounds.add("train", p, videos=kept, pairs=kept * c.train.epochs * _trained_timesteps(c))
 
 
 def _trained_timesteps(config) -> int:

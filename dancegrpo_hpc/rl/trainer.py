@@ -68,6 +68,19 @@ class Topology:
         return t
 
 
+@dataclass
+class Advantages:
+    """One iteration's rewards and advantages (Trainer.advantages)."""
+
+    scores: Dict[str, torch.Tensor]  # reward name -> [N] over the global batch
+    failed: torch.Tensor  # [N] bool
+    assigned: object  # rl.assign result: advantages, keep, reward_total, group counts
+    kept: torch.Tensor  # this rank's trained rows
+    local: torch.Tensor  # their advantages
+    process: Optional[torch.Tensor]  # their process advantages [kept, T] (dual mode), else None
+    process_final: Optional[float]  # mean process reward of the final samples (guided runs)
+
+
 CONSOLE_KEYS = ("loss", "grad_norm", "clip_fraction", "kl", "dropped_groups", "skipped_steps", "iteration_s")
 
 
@@ -202,41 +215,22 @@ class Trainer:
         t_rollout = time.perf_counter()
         results = self.runner.collect()
         t_rewards = time.perf_counter()
-        names = list(self.weights)
-        local_scores = torch.stack([results.scores[n].float() for n in names], dim=1)  # [N, R]
-        scores_all = topo.all_gather(local_scores.to(topo.device)).cpu()
-        failed_all = topo.all_gather(results.failed.to(topo.device)).cpu().bool()
-        scores = {n: scores_all[:, i] for i, n in enumerate(names)}
-        assigned = assign_advantages(scores, failed_all, self.weights, g, c.train.algorithm, c.train.best_of_n)
-        n_local = len(batch)
-        mine = slice(topo.dp_rank * n_local, (topo.dp_rank + 1) * n_local)
-        keep = assigned.keep[mine]
-        kept_rows = torch.nonzero(keep).flatten()
-        stats: Dict[str, float] = {}
-        process, process_mean = None, None
-        if "process_scores" in batch.extras:
-            process_all = topo.all_gather(batch.extras["process_scores"].to(topo.device)).cpu()  # [N, T+1]
-            process_mean = float(process_all[:, -1].mean())
-            if c.guidance.process_advantage > 0:
-                process = process_advantages(process_all, g)[mine][kept_rows]
-        if int(assigned.keep.sum()) > 0:
-            stats = self.worker.update_policy(batch.select(kept_rows), assigned.advantages[mine][kept_rows], iteration,
-                                              process, c.guidance.process_advantage)
+        adv = self.advantages(batch, results)
+        stats = self.update(batch, adv, iteration)
         t_train = time.perf_counter()
-        ok = ~failed_all
+        assigned, ok = adv.assigned, ~adv.failed
         metrics = {
             "iteration": iteration + 1,
             "reward_mean": float(assigned.reward_total[ok].mean()) if ok.any() else float("nan"),
             "loss": stats.get("loss", float("nan")),
         }
-        for i, n in enumerate(names):
-            col = scores_all[:, i]
+        for n, col in adv.scores.items():
             metrics[f"reward_{n}"] = float(col[ok].mean()) if ok.any() else float("nan")
         metrics.update({k: v for k, v in stats.items() if k != "loss"})
-        if process_mean is not None:
-            metrics["process_reward_final"] = process_mean
+        if adv.process_final is not None:
+            metrics["process_reward_final"] = adv.process_final
         metrics.update(dropped_groups=assigned.dropped_groups, zero_variance_groups=assigned.zero_variance_groups,
-                       reward_failures=int(failed_all.sum()), trained_samples=int(assigned.keep.sum()),
+                       reward_failures=int(adv.failed.sum()), trained_samples=int(assigned.keep.sum()),
                        time_rollout_s=t_rollout - t0, time_reward_wait_s=t_rewards - t_rollout,
                        time_train_s=t_train - t_rewards, iteration_s=time.perf_counter() - t0)
         if results.errors and self.is_main:
@@ -246,6 +240,34 @@ class Trainer:
             print(f"[train] iteration {iteration + 1}: skipped {int(stats['skipped_steps'])} optimizer step(s) "
                   "with a non-finite loss or gradient norm", flush=True)
         return metrics
+
+    def advantages(self, batch, results) -> "Advantages":
+        """Rewards of the whole global batch -> per-reward group advantages (and the
+        process advantages in dual mode); which of this rank's samples are trained."""
+        c, topo, g = self.config, self.topo, self.config.rollout.group_size
+        names = list(self.weights)
+        local_scores = torch.stack([results.scores[n].float() for n in names], dim=1)  # [N, R]
+        scores_all = topo.all_gather(local_scores.to(topo.device)).cpu()
+        failed = topo.all_gather(results.failed.to(topo.device)).cpu().bool()
+        scores = {n: scores_all[:, i] for i, n in enumerate(names)}
+        assigned = assign_advantages(scores, failed, self.weights, g, c.train.algorithm, c.train.best_of_n)
+        mine = slice(topo.dp_rank * len(batch), (topo.dp_rank + 1) * len(batch))
+        kept = torch.nonzero(assigned.keep[mine]).flatten()
+        process, process_final = None, None
+        if "process_scores" in batch.extras:
+            process_all = topo.all_gather(batch.extras["process_scores"].to(topo.device)).cpu()  # [N, T+1]
+            process_final = float(process_all[:, -1].mean())
+            if c.guidance.process_advantage > 0:
+                process = process_advantages(process_all, g)[mine][kept]
+        return Advantages(scores, failed, assigned, kept, assigned.advantages[mine][kept], process, process_final)
+
+    def update(self, batch, adv: "Advantages", iteration: int) -> Dict[str, float]:
+        """The policy update on this rank's kept samples (every rank joins while any
+        rank has samples to train: the update's collectives span them all)."""
+        if int(adv.assigned.keep.sum()) == 0:
+            return {}
+        return self.worker.update_policy(batch.select(adv.kept), adv.local, iteration, adv.process,
+                                         self.config.guidance.process_advantage)
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
