@@ -67,8 +67,13 @@ class DataConfig:
     text_encoder: Optional[str] = None  # source prompts: text encoder directory (encode on the fly instead of a cache)
     vae: Optional[str] = None  # source prompts: diffusers VAE directory (decode for the rewards, encode I2V images)
     reference_images: Optional[str] = None  # source prompts, I2V: folder the prompt file's image paths are relative to
+    image_loader: str = "auto"  # I2V reference images: dali | pil | auto (DALI on GPUs where installed, else PIL)
+    vae_tiling: bool = True  # VAE encode / decode in overlapping tiles above vae_tile_size pixels (bounds memory)
+    vae_tile_size: int = 256  # tile edge in pixels (diffusers' default; multiple of 8)
+    vae_tile_stride: int = 192  # tile step in pixels (<= vae_tile_size; the rest overlaps and is blended)
 
 
+IMAGE_LOADERS = ("auto", "dali", "pil")
 REAL_DATA_FIELDS = ("prompts", "embeddings", "text_encoder", "vae", "reference_images")
 _DATA_DIRS = {"embeddings": "a cache folder written by tools/precompute_embeddings.py",
               "text_encoder": "a HunyuanVideo folder with text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/",
@@ -269,6 +274,15 @@ class Config:
                 "config: give data.embeddings (a precomputed cache) or data.text_encoder (encode on the fly), not both")
         require((d.frames - 1) % VIDEO_VAE_TIME == 0,
                 f"config: data.frames must be 4k + 1 for the video VAE (1 for images, e.g. 53); got {d.frames}")
+        check_choice("config", "data.image_loader", d.image_loader, IMAGE_LOADERS)
+        for name in ("vae_tile_size", "vae_tile_stride"):
+            value = getattr(d, name)
+            _positive_int(f"data.{name}", value, minimum=VIDEO_VAE_SPACE)
+            require(value % VIDEO_VAE_SPACE == 0, f"config: data.{name} must be a multiple of {VIDEO_VAE_SPACE}; "
+                                                  f"got {value}")
+        require(d.vae_tile_stride <= d.vae_tile_size,
+                f"config: data.vae_tile_stride={d.vae_tile_stride} must be <= data.vae_tile_size={d.vae_tile_size} "
+                "(tiles must overlap or touch)")
         for name in ("height", "width"):
             require(getattr(d, name) % (2 * VIDEO_VAE_SPACE) == 0,
                     f"config: data.{name} must be a multiple of {2 * VIDEO_VAE_SPACE} (VAE 8x, patch 2); "
@@ -326,6 +340,11 @@ def check_runnable(config: Config) -> None:
     (`validate --no-check-paths` may skip that, a run may not). The real-data world then
     checks the files' contents against each other before loading weights."""
     check_paths(config)
+    if config.data.source == "prompts" and config.data.image_loader == "dali":
+        from .data.real_world import dali_installed
+
+        require(dali_installed(), "config: data.image_loader=dali but NVIDIA DALI is not installed; "
+                                  "pip install nvidia-dali-cuda120, or set data.image_loader=pil (or auto)")
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:

@@ -351,3 +351,14 @@ def test_sbatch_dry_run_takes_the_master_from_scontrol(tmp_path):
         directives = f.read()
     assert "#SBATCH --nodes=8" in directives and "#SBATCH --gpus-per-node=8" in directives
     assert "#SBATCH --requeue" in directives
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.image_loader=opencv", "data.image_loader"),
+    ("data.vae_tile_size=100", "data.vae_tile_size must be a multiple of 8"),
+    ("data.vae_tile_stride=320", "data.vae_tile_stride=320 must be <= data.vae_tile_size=256"),
+    ("data.vae_tile_stride=0", "data.vae_tile_stride must be an integer >= 8"),
+])
+def test_real_data_loader_options_are_checked(override, words):
+    with pytest.raises(InputError, match=re.escape(words)):
+        load_config(example("hunyuan_t2v_64gpu.yaml"), [override], paths=False)

@@ -398,3 +398,24 @@ def test_i2v_needs_reference_images(root, tmp_path):
         "data.prompts": os.path.join(root, "prompts.txt"), "data.embeddings": os.path.join(root, "rl_embeddings")})
     with pytest.raises(InputError, match="image-to-video; data.prompts must be a .csv / .jsonl file with an `image`"):
         PromptWorld(config)
+
+
+def test_loader_and_vae_tiling_come_from_the_config(root, tmp_path):
+    """data.image_loader=dali (DALI's CPU decoder here) feeds the image latents, with pixels equal
+    to PIL's up to the decoders' rounding; data.vae_tile_* reach the VAE."""
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI not installed (pip install nvidia-dali-cuda120)")
+    from dancegrpo_hpc.data.real_world import PromptWorld
+    from dancegrpo_hpc.data.reference_images import encode_reference_images, load_images
+
+    world = PromptWorld(real_config("tiny_i2v_real.yaml", root, tmp_path, **{
+        "data.image_loader": "dali", "data.vae_tile_size": 64, "data.vae_tile_stride": 48}))
+    assert world.image_backend == "dali"
+    assert world.vae.use_tiling and world.vae.tile_sample_min_height == 64 and world.vae.tile_sample_stride_width == 48
+    paths = [world.images[p] for p in I2V_PROMPTS]
+    dali, pil = (load_images(paths, 32, 48, backend, "cpu") for backend in ("dali", "pil"))
+    # the antialiasing filters differ only at the image border (docs/DATA.md); noise images show it most
+    diff = (dali - pil).abs()
+    assert float(diff[..., 1:-1, 1:-1].max()) < 0.5 / 255 and float(diff.max()) < 8 / 255, \
+        (float(diff[..., 1:-1, 1:-1].max()) * 255, float(diff.max()) * 255)
+    expected = encode_reference_images(world.vae, dali)
+    torch.testing.assert_close(world.image_latents(I2V_PROMPTS, "cpu"), expected, rtol=0, atol=0)

@@ -26,7 +26,7 @@ from .world import World
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def _has_dali() -> bool:
+def dali_installed() -> bool:
     try:
         return importlib.util.find_spec("nvidia.dali") is not None
     except ModuleNotFoundError:  # no nvidia namespace package at all
@@ -128,10 +128,13 @@ class PromptWorld(World):
         # drops the decoded image frames, as diffusers' pipeline does
         self.drop_frames = vae_config.get("temporal_compression_ratio", 4) \
             if self.model_config.image_condition_type == "latent_concat" else 0
-        # tiling splits only inputs above its tile size (256 pixels, 16 frames): large videos, never small ones
-        self.vae = load_video_vae(d.vae, self.device, self.aux_dtype, tiling=True)
-        # DALI decodes on the GPU where it is installed; a few images per iteration decode as fast with PIL on a CPU
-        self.image_backend = "dali" if self.device.type == "cuda" and _has_dali() else "pil"
+        # tiling splits only inputs above its tile size (and 16 frames): large videos, never small ones
+        self.vae = load_video_vae(d.vae, self.device, self.aux_dtype, tiling=d.vae_tiling, tile_size=d.vae_tile_size,
+                                  tile_stride=d.vae_tile_stride)
+        # auto: DALI decodes on the GPU where it is installed; a few images per iteration decode as fast with PIL
+        # on a CPU
+        self.image_backend = d.image_loader if d.image_loader != "auto" else \
+            ("dali" if self.device.type == "cuda" and dali_installed() else "pil")
 
     # ---- checks ---------------------------------------------------------------------------------
     def _image_paths(self, split) -> Dict[str, str]:
