@@ -136,6 +136,7 @@ class GuidanceConfig:
     end: Optional[int] = None  # null: to the last step
     internalise: bool = True  # log-probs under the unguided mean (Euphonium's default)
     process_advantage: float = 0.0  # weight of the process-advantage loss (dual mode when > 0)
+    fraction: float = 1.0  # guided share of each group (the first round(fraction x G) samples; the rest plain)
 
     @property
     def guiding(self) -> bool:
@@ -257,6 +258,11 @@ class Config:
                 f"got start={g.start}, end={g.end}")
         require(not g.guiding or self.sampling.kind != "ode",
                 "config: guidance steers stochastic steps; sampling.kind=ode has none")
+        require(isinstance(g.fraction, (int, float)) and 0 < g.fraction <= 1,
+                f"config: guidance.fraction must be in (0, 1]; got {g.fraction!r}")
+        require(guided_per_group(g.fraction, self.rollout.group_size) >= 1,
+                f"config: guidance.fraction={g.fraction} guides no sample of a group of "
+                f"rollout.group_size={self.rollout.group_size}; raise it to >= {1 / self.rollout.group_size:.3g}")
 
     def _check_data(self) -> None:
         d = self.data
@@ -290,6 +296,11 @@ class Config:
 
     def local_samples(self, data_parallel: int) -> int:
         return self.rollout.prompts_per_iteration // data_parallel * self.rollout.group_size
+
+
+def guided_per_group(fraction: float, group_size: int) -> int:
+    """How many samples of each group guidance steers (guidance.fraction)."""
+    return int(round(fraction * group_size))
 
 
 def check_layout(config: Config, world_size: int) -> int:

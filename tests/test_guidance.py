@@ -175,7 +175,31 @@ def test_trainer_guided_rollouts_are_on_policy_and_brighter(tmp_path, world, int
     plain.close()
 
 
+def test_fraction_guides_the_first_members_of_each_group_only(tmp_path, world):
+    """guidance.fraction=0.5, G=4: members 0, 1 of every group are steered (brighter), members
+    2, 3 are the plain rollout bit for bit; every sample is still scored by the PRM."""
+    guidance = {"process_reward": "test_bright_latent", "scale": 3.0, "fraction": 0.5}
+    trainer = Trainer(tiny_config(tmp_path / "g", guidance=guidance), world=world)
+    plain = Trainer(tiny_config(tmp_path / "p"), world=world)
+    prompts, ids = trainer.prompts_for(0)
+    cond = world.encode(prompts, trainer.topo.device)
+    batch = trainer.worker.generate_rollouts(cond, prompts, ids, 0, world.latent_shape, guide_for=trainer.guide_for)
+    ref = plain.worker.generate_rollouts(cond, prompts, ids, 0, world.latent_shape)
+    guided = batch.sample_ids % 4 < 2
+    brightness = lambda b: b.latents[:, -1, :3].mean(dim=(1, 2, 3, 4))  # noqa: E731
+    assert bool((brightness(batch)[guided] > brightness(ref)[guided]).all())
+    assert torch.equal(batch.latents[~guided], ref.latents[~guided])
+    assert torch.equal(batch.log_probs[~guided], ref.log_probs[~guided])
+    assert bool(torch.isfinite(batch.extras["process_scores"]).all())
+    trainer.close()
+    plain.close()
+
+
 def test_guidance_config_errors(tmp_path):
+    with pytest.raises(InputError, match="guidance.fraction=0.1 guides no sample"):
+        tiny_config(tmp_path, guidance={"process_reward": "test_bright_latent", "scale": 1.0, "fraction": 0.1})
+    with pytest.raises(InputError, match="guidance.fraction must be in"):
+        tiny_config(tmp_path, guidance={"process_reward": "test_bright_latent", "scale": 1.0, "fraction": 1.5})
     with pytest.raises(InputError, match="guidance.process_reward"):
         tiny_config(tmp_path, guidance={"scale": 1.0})
     with pytest.raises(InputError, match="not both"):

@@ -91,10 +91,11 @@ def group_initial_noise(seed: int, iteration: int, prompt_ids: Sequence[int], gr
 def generate_rollouts(model, cond: Conditioning, prompts: List[str], prompt_ids: torch.Tensor, iteration: int,
                       latent_shape, settings: RolloutSettings, opts: VelocityOptions,
                       on_micro_batch: Optional[Callable[[torch.Tensor, slice], None]] = None,
-                      guide_for: Optional[Callable[[List[str]], object]] = None) -> RolloutBatch:
+                      guide_for: Optional[Callable[[List[str], torch.Tensor], object]] = None) -> RolloutBatch:
     """cond / prompts / prompt_ids are per prompt ([P]); returns the [P * G] batch.
     on_micro_batch(final_latents, sample_slice) is called as each micro-batch finishes.
-    guide_for(prompts of a micro-batch) -> a sampling.guidance.Guide (Euphonium); the
+    guide_for(prompts of a micro-batch, each sample's index in its group) -> a
+    sampling.guidance.Guide (Euphonium); the
     batch then carries extras process_scores [N, T+1] and, for log-probs under the
     guided mean, guide_shifts [N, T, ...]."""
     device = cond.embeds.device
@@ -120,7 +121,7 @@ def generate_rollouts(model, cond: Conditioning, prompts: List[str], prompt_ids:
             def model_fn(x, sigma, i, c=c):
                 return velocity(model, x, sigma, c, opts)
 
-            guide = guide_for(prompts_per_sample[part]) if guide_for is not None else None
+            guide = guide_for(prompts_per_sample[part], sample_ids[part] % g) if guide_for is not None else None
             traj = sample(model_fn, initial[part], sigmas, settings.kind, settings.eta, noise_fn=noise_fn,
                           out=latents[part], guide=guide)
             log_probs[part] = traj.log_probs

@@ -160,6 +160,7 @@ class Trainer:
     def _build_guidance(self):
         """Euphonium: a Guide per rollout micro-batch (guided steps and/or process scores), or None."""
         from ..rewards.process import build_process_reward
+        from ..config import guided_per_group
         from ..sampling.guidance import Guide, GuidanceSettings
 
         g = self.config.guidance
@@ -168,7 +169,9 @@ class Trainer:
         prm = build_process_reward(g.process_reward, self.world, g.process_options)
         settings = GuidanceSettings(g.scale, g.beta, g.normalize, g.start, g.end, g.internalise)
         eta = self.config.sampling.eta
-        return lambda prompts: Guide(prm, settings, eta, prompts, guide=g.guiding)
+        guided_members = guided_per_group(g.fraction, self.config.rollout.group_size)
+        return lambda prompts, members: Guide(prm, settings, eta, prompts, guide=g.guiding,
+                                              guided=members < guided_members)
 
     def _tp_sharded(self) -> List[bool]:
         from ..models.hunyuan_video.weights import tp_sharded

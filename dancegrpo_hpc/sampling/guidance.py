@@ -106,10 +106,13 @@ class Guide:
     the process-reward score of the state (recorded for process advantages)."""
 
     def __init__(self, prm: ProcessRewardModel, settings: GuidanceSettings, eta: float, prompts: Sequence[str],
-                 guide: bool = True):
+                 guide: bool = True, guided: Optional[torch.Tensor] = None):
+        """guided: [B] bool, the samples whose steps are guided (None: all); the others
+        are only scored, so a group can hold guided and plain samples."""
         self.prm, self.settings, self.prompts = prm, settings, list(prompts)
         self.strength = settings.strength(eta) if guide else 0.0
-        self.guide = guide and self.strength > 0
+        self.guided = None if guided is None or bool(guided.all()) else guided
+        self.guide = guide and self.strength > 0 and (guided is None or bool(guided.any()))
 
     @property
     def internalise(self) -> bool:
@@ -122,7 +125,10 @@ class Guide:
         sig = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
         if self.guide and stochastic and self.settings.active(i, num_steps):
             score, grad = reward_and_gradient(self.prm, x, sig, self.prompts, v, self.settings.normalize)
-            return score, guidance_shift(grad, self.strength, sigma, sigma_next).to(x.dtype)
+            shift = guidance_shift(grad, self.strength, sigma, sigma_next)
+            if self.guided is not None:
+                shift = shift * self.guided.to(shift).view(-1, *([1] * (shift.dim() - 1)))
+            return score, shift.to(x.dtype)
         return process_score(self.prm, x, sig, self.prompts, v), None
 
     def final(self, x: torch.Tensor) -> torch.Tensor:
