@@ -150,16 +150,21 @@ def world():
     return TinyWorld()
 
 
-@pytest.mark.parametrize("internalise", [True, False])
-def test_trainer_guided_rollouts_are_on_policy_and_brighter(tmp_path, world, internalise):
-    guidance = {"process_reward": "test_bright_latent", "scale": 3.0, "internalise": internalise,
-                "process_advantage": 0.5}
+def _guided_and_plain_rollouts(tmp_path, world, guidance):
+    """Iteration 0's rollouts of a guided and a plain trainer (same prompts, same noise)."""
     trainer = Trainer(tiny_config(tmp_path / "g", guidance=guidance), world=world)
     plain = Trainer(tiny_config(tmp_path / "p"), world=world)
     prompts, ids = trainer.prompts_for(0)
     cond = world.encode(prompts, trainer.topo.device)
     batch = trainer.worker.generate_rollouts(cond, prompts, ids, 0, world.latent_shape, guide_for=trainer.guide_for)
     ref = plain.worker.generate_rollouts(cond, prompts, ids, 0, world.latent_shape)
+    return trainer, plain, batch, ref
+
+
+@pytest.mark.parametrize("internalise", [True, False])
+def test_trainer_guided_rollouts_are_on_policy_and_brighter(tmp_path, world, internalise):
+    trainer, plain, batch, ref = _guided_and_plain_rollouts(tmp_path, world, {
+        "process_reward": "test_bright_latent", "scale": 3.0, "internalise": internalise, "process_advantage": 0.5})
     assert batch.extras["process_scores"].shape == (len(batch), 5)
     assert ("guide_shifts" in batch.extras) == (not internalise)
     brightness = lambda b: b.latents[:, -1, :3].mean(dim=(1, 2, 3, 4))  # noqa: E731
@@ -178,13 +183,8 @@ def test_trainer_guided_rollouts_are_on_policy_and_brighter(tmp_path, world, int
 def test_fraction_guides_the_first_members_of_each_group_only(tmp_path, world):
     """guidance.fraction=0.5, G=4: members 0, 1 of every group are steered (brighter), members
     2, 3 are the plain rollout bit for bit; every sample is still scored by the PRM."""
-    guidance = {"process_reward": "test_bright_latent", "scale": 3.0, "fraction": 0.5}
-    trainer = Trainer(tiny_config(tmp_path / "g", guidance=guidance), world=world)
-    plain = Trainer(tiny_config(tmp_path / "p"), world=world)
-    prompts, ids = trainer.prompts_for(0)
-    cond = world.encode(prompts, trainer.topo.device)
-    batch = trainer.worker.generate_rollouts(cond, prompts, ids, 0, world.latent_shape, guide_for=trainer.guide_for)
-    ref = plain.worker.generate_rollouts(cond, prompts, ids, 0, world.latent_shape)
+    trainer, plain, batch, ref = _guided_and_plain_rollouts(tmp_path, world, {
+        "process_reward": "test_bright_latent", "scale": 3.0, "fraction": 0.5})
     guided = batch.sample_ids % 4 < 2
     brightness = lambda b: b.latents[:, -1, :3].mean(dim=(1, 2, 3, 4))  # noqa: E731
     assert bool((brightness(batch)[guided] > brightness(ref)[guided]).all())

@@ -43,23 +43,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return names[dtype]
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str, data: bytes) -> None:
     """Readers see the old file or the whole new one, even after a crash."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    from ..checkpoint.atomic import write_atomic
+
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 class CacheWriter:
