@@ -35,14 +35,3 @@ def inputs(cfg, batch=2, frames=3, height=8, width=6, text_len=7, seed=1):
 
 def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def write_tiny_vae(directory, seed=0, **changes):
-    """A random diffusers AutoencoderKLHunyuanVideo of the real architecture, narrow (8
-    channels per block, 4 latent channels), saved to directory; changes: config overrides."""
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    config = dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4)
-    torch.manual_seed(seed)
-    AutoencoderKLHunyuanVideo(**{**config, **changes}).save_pretrained(directory)
-    return str(directory)

@@ -206,7 +206,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
-    from hv_utils import write_tiny_vae
+    from dancegrpo_hpc.testing.tiny_real import write_tiny_vae
 
     return write_tiny_vae(tmp_path_factory.mktemp("vae"), scaling_factor=0.7, mid_block_add_attention=False)
 

@@ -18,7 +18,7 @@ from dancegrpo_hpc.checks import InputError
 from dancegrpo_hpc.data import text_encoders as te
 from dancegrpo_hpc.data.embedding_cache import EmbeddingCache, write_embedding_cache
 from dancegrpo_hpc.data.text_encoders import HunyuanTextEncoders
-from text_encoder_utils import WORDS, save_tiny_text_encoders, tiny_text_encoders
+from dancegrpo_hpc.testing.text_encoders import WORDS, save_tiny_text_encoders, tiny_text_encoders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red cat moving left", "the dog jumping over a small river", "camera pans over the city at night",

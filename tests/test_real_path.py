@@ -14,20 +14,15 @@ import pytest
 import torch
 import yaml
 
-from hv_utils import write_tiny_vae
-from reward_utils import write_videoalign
-from text_encoder_utils import save_tiny_text_encoders
-from trainer_utils import write_tiny_dit
-
 from dancegrpo_hpc.config import config_from_dict
 from dancegrpo_hpc.models.hunyuan_video.config import preset
+from dancegrpo_hpc.testing.tiny_real import I2V_PROMPTS, T2V_PROMPTS, repoint, write_tiny_dit, write_tiny_real
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "..", "examples")
-PLACEHOLDER = "runs/tiny_real/"  # the tiny configs' path prefix, replaced by the fixture's folder
 PAIRS = {"tiny_t2v_real.yaml": "hunyuan_t2v_64gpu.yaml", "tiny_i2v_real.yaml": "skyreels_i2v_32gpu.yaml"}
 # what a tiny config may change: where things are, how big they are, and flash-attn (CUDA only)
 PATH_KEYS = {"output_dir", "model.path", "data.prompts", "data.embeddings", "data.vae", "data.reference_images",
@@ -37,46 +32,12 @@ SIZE_KEYS = {"model.preset", "data.frames", "data.height", "data.width", "data.e
              "train.best_of_n", "parallel.tensor", "parallel.ulysses", "parallel.sequence_parallel",
              "checkpoint.every"}
 HARDWARE_KEYS = {"model.attention"}
-T2V_PROMPTS = ["a red car moving left", "a dog running in the rain", "a bird flying over the river",
-               "a small house near the mountain"]
-I2V_PROMPTS = ["the cat jumping", "a green tree in the snow", "a fish in the river"]
-
-
-def write_images(directory, count, size=(40, 60)):
-    """PNG reference images larger than the video (load_images resizes and centre-crops)."""
-    from PIL import Image
-
-    os.makedirs(directory, exist_ok=True)
-    g = torch.Generator().manual_seed(5)
-    names = []
-    for i in range(count):
-        pixels = (torch.rand(*size, 3, generator=g) * 255).to(torch.uint8).numpy()
-        names.append(f"ref{i}.png")
-        Image.fromarray(pixels).save(os.path.join(directory, names[-1]))
-    return names
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """Every tiny component, under the names the tiny configs use after runs/tiny_real/."""
-    from dancegrpo_hpc.data.embedding_cache import write_embedding_cache
-    from dancegrpo_hpc.data.text_encoders import HunyuanTextEncoders
-
-    root = str(tmp_path_factory.mktemp("tiny_real"))
-    write_tiny_dit(os.path.join(root, "transformer"), preset("tiny"))
-    write_tiny_dit(os.path.join(root, "i2v_transformer"), preset("tiny-i2v-32ch"))
-    write_tiny_vae(os.path.join(root, "vae"))
-    encoders_dir = save_tiny_text_encoders(os.path.join(root, "text_encoders"), hidden=24, pooled=12)
-    encoders = HunyuanTextEncoders.from_pretrained(encoders_dir)
-    with open(os.path.join(root, "prompts.txt"), "w") as f:
-        f.write("\n".join(T2V_PROMPTS) + "\n")
-    write_embedding_cache(os.path.join(root, "rl_embeddings"), encoders, T2V_PROMPTS)
-    names = write_images(os.path.join(root, "i2v_reference_images"), len(I2V_PROMPTS))
-    with open(os.path.join(root, "i2v_prompts.csv"), "w") as f:
-        f.write("prompt,image\n" + "".join(f"{p},{n}\n" for p, n in zip(I2V_PROMPTS, names)))
-    write_embedding_cache(os.path.join(root, "i2v_rl_embeddings"), encoders, I2V_PROMPTS)
-    write_videoalign(root)
-    return root
+    return write_tiny_real(tmp_path_factory.mktemp("tiny_real"))
 
 
 def _example(name):
@@ -84,19 +45,9 @@ def _example(name):
         return yaml.safe_load(f)
 
 
-def _paths(node, root):
-    if isinstance(node, dict):
-        return {k: _paths(v, root) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_paths(v, root) for v in node]
-    if isinstance(node, str) and node.startswith(PLACEHOLDER):
-        return os.path.join(root, node[len(PLACEHOLDER):])
-    return node
-
-
 def real_config(name, root, output_dir, **changes):
     """The example with its paths in `root`; changes: dotted key -> value."""
-    data = _paths(_example(name), root)
+    data = repoint(_example(name), root)
     data["output_dir"] = str(output_dir)
     data["logging"] = {"tensorboard": False, "progress": False, "sample_grid": False}
     for key, value in changes.items():
@@ -135,7 +86,7 @@ def test_tiny_configs_differ_from_the_cluster_examples_only_in_paths_and_sizes(t
 def test_validate_the_tiny_configs(name, root, capsys):
     from dancegrpo_hpc.validate import main
 
-    data = _paths(_example(name), root)
+    data = repoint(_example(name), root)
     overrides = [f"{s}.{k}={v}" for s in ("model", "data") for k, v in data[s].items()
                  if isinstance(v, str) and v.startswith(root)]
     assert main([os.path.join(EXAMPLES, name), *overrides]) == 0

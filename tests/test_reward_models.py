@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from dancegrpo_hpc.checks import InputError
 from dancegrpo_hpc.rewards import build_rewards, known_rewards
-from reward_utils import STATS, released_state_dict, write_qwen_base, write_reward_dir
+from dancegrpo_hpc.testing.videoalign import STATS, released_state_dict, write_qwen_base, write_reward_dir
 
 from dancegrpo_hpc.rewards.preprocess import (CLIP_MEAN, CLIP_STD, ImagePreprocess, center_crop, frame_count,
                                               sample_frame_indices, shortest_side_size, smart_resize)

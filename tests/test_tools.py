@@ -4,8 +4,11 @@ timings are never asserted)."""
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,3 +71,25 @@ def test_parameter_report_cli():
     out = run("-m", "dancegrpo_hpc.models.hunyuan_video.report", "--tp", "8")
     report = json.loads(out.strip().splitlines()[-1])
     assert report["parameters"] == 12_821_012_544 and report["tp"] == 8
+
+
+def test_make_tiny_real_writes_a_world_the_tiny_configs_validate_on(tmp_path, monkeypatch):
+    """tools/make_tiny_real.py into a folder of our own: the commands it prints carry the path
+    overrides, and `validate` with each config's overrides passes, paths checked (the same
+    function writes test_real_path's fixture, which runs the iterations)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from dancegrpo_hpc.cli import main
+
+    out = tmp_path / "tiny_real"
+    lines = [shlex.split(line) for line in run("tools/make_tiny_real.py", "--out", str(out)).splitlines()
+             if line.startswith("  ")]
+    assert [a[:2] for a in lines] == [["dancegrpo-hpc", "validate"], ["dancegrpo-hpc", "train"],
+                                      ["dancegrpo-hpc", "train"], ["python", "tools/benchmark.py"]]
+    assert lines[0][2:] == lines[1][2:] and f"model.path={out}/transformer" in lines[0]
+    monkeypatch.chdir(ROOT)  # the printed config paths are relative to where the tool ran
+    for args in lines[1:3]:
+        assert main(["validate", *args[2:]]) == 0, args
+    again = subprocess.run([sys.executable, "tools/make_tiny_real.py", "--out", str(out)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "--overwrite" in again.stderr

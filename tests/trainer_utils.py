@@ -12,6 +12,7 @@ from dancegrpo_hpc.config import config_from_dict
 from dancegrpo_hpc.data.world import World
 from dancegrpo_hpc.rewards import register_reward
 from dancegrpo_hpc.rl.policy import Conditioning
+from dancegrpo_hpc.testing.tiny_real import write_tiny_dit
 
 LATENT = (4, 2, 4, 4)  # tiny preset: 4 channels, 2 frames, 4x4 latents (patch 2)
 _MODEL_DIR = os.path.join(tempfile.gettempdir(), f"dancegrpo-test-tiny-dit-{os.getuid()}")
@@ -35,20 +36,6 @@ class _Named:
 
     def __call__(self, videos, prompts, **_):
         return self.fn(videos, prompts)
-
-
-def write_tiny_dit(directory, config, seed=1234) -> str:
-    """A randomly initialised DiT of `config` saved in diffusers layout."""
-    from dancegrpo_hpc.models.hunyuan_video.model import HunyuanVideoDiT
-    from dancegrpo_hpc.models.hunyuan_video.weights import save_diffusers
-
-    torch.manual_seed(seed)
-    model = HunyuanVideoDiT(config)
-    with torch.no_grad():  # zero-init output layers would make every sample identical: perturb them
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    save_diffusers(model, str(directory))
-    return str(directory)
 
 
 def tiny_model_dir() -> str:

@@ -1,6 +1,7 @@
 """Tiny random-initialised HunyuanVideo text encoders of the real classes (LlamaModel or
 LLaVA, CLIPTextModel) with offline word-level tokenizers, saved in the diffusers layout
-(text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/) for tests. No hub access."""
+(text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/), for tests and the tiny real-data
+world (tiny_real.py). No hub access; transformers and tokenizers are imported when called."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 
 import torch
 
-from dancegrpo_hpc.data.text_encoders import DEFAULT_PROMPT_TEMPLATE
+from ..data.text_encoders import DEFAULT_PROMPT_TEMPLATE
 
 LLAMA_SPECIALS = ["<unk>", "<pad>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<unk>"]

@@ -1,6 +1,7 @@
-"""Tiny VideoAlign (VideoReward) checkpoints of the real classes for tests: a Qwen2-VL with
-a byte-level tokenizer, saved as Qwen2-VL-2B-Instruct is, and reward directories in the
-layout VideoAlign releases. No hub access."""
+"""Tiny VideoAlign (VideoReward) checkpoints of the real classes, for tests and the tiny
+real-data world (tiny_real.py): a Qwen2-VL with a byte-level tokenizer, saved as
+Qwen2-VL-2B-Instruct is, and reward directories in the layout VideoAlign releases. No hub
+access; transformers is imported when called (the caller passes it in as `tf`)."""
 
 from __future__ import annotations
 
