@@ -14,6 +14,7 @@ Windows may be one (t, h, w) for all heads or one per head.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Optional, Sequence, Tuple
 
@@ -93,13 +94,34 @@ def dense_mask(layout: TileLayout, mask: JointMask, windows: torch.Tensor, batch
     return sta_mask(layout, mask, windows, b, h, q, k).expand(batch, windows.shape[0], s, s)
 
 
-def _flex(q, k, v, layout, mask, windows):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+@functools.lru_cache(maxsize=None)
+def _compiled_create_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
+
+
+def block_mask(layout: TileLayout, mask: JointMask, windows: torch.Tensor, batch: int, device):
+    """FlexAttention block mask of sta_mask. One mask serves every head when all heads
+    share a window, and every sample when no text is padded (FlexAttention broadcasts
+    it). On CUDA create_block_mask runs compiled: eager, it materialises the [B, H, S, S]
+    mask and int64 temporaries of that size (over 100 GB at 30 x 48 x 80 video tokens)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    heads = 1 if bool((windows == windows[:1]).all()) else windows.shape[0]
+    batch = batch if mask.text_lengths is not None else 1
 
     def mask_mod(b, h, q_idx, kv_idx):
         return sta_mask(layout, mask, windows, b, h, q_idx, kv_idx)
 
-    block = create_block_mask(mask_mod, B=q.shape[0], H=q.shape[1], Q_LEN=q.shape[2], KV_LEN=k.shape[2], device=q.device)
+    build = _compiled_create_block_mask() if torch.device(device).type == "cuda" else create_block_mask
+    return build(mask_mod, B=batch, H=heads, Q_LEN=mask.length, KV_LEN=mask.length, device=device)
+
+
+def _flex(q, k, v, layout, mask, windows):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block = block_mask(layout, mask, windows, q.shape[0], q.device)
     if q.device.type == "cuda":
         return torch.compile(flex_attention)(q, k, v, block_mask=block)
     with warnings.catch_warnings():  # eager on CPU is deliberate: compiling costs minutes on small machines
