@@ -83,7 +83,7 @@ def test_tiny_configs_differ_from_the_cluster_examples_only_in_paths_and_sizes(t
 
 
 @pytest.mark.parametrize("name", PAIRS)
-def test_validate_the_tiny_configs(name, root, capsys):
+def test_validate_the_tiny_configs(name, root, capsys, tmp_path, monkeypatch):
     from dancegrpo_hpc.validate import main
 
     data = repoint(_example(name), root)
@@ -93,6 +93,7 @@ def test_validate_the_tiny_configs(name, root, capsys):
     assert main([os.path.join(EXAMPLES, name), "--no-check-paths"]) == 0
     out = capsys.readouterr().out
     assert "valid" in out and "refuses" not in out
+    monkeypatch.chdir(tmp_path)  # not the checkout, where tools/make_tiny_real.py may have written runs/tiny_real
     assert main([os.path.join(EXAMPLES, name)]) == 2  # runs/tiny_real/... does not exist here
     assert "model.path" in capsys.readouterr().err
 
