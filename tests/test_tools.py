@@ -93,3 +93,19 @@ def test_make_tiny_real_writes_a_world_the_tiny_configs_validate_on(tmp_path, mo
     again = subprocess.run([sys.executable, "tools/make_tiny_real.py", "--out", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_guidance_experiment_iterations_to_target_and_paired_speedups():
+    spec = importlib.util.spec_from_file_location("guidance_experiment",
+                                                  os.path.join(ROOT, "tools", "guidance_experiment.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    curve = [(0, 0.30), (3, 0.46), (6, 0.41), (9, 0.47), (12, 0.48)]
+    assert mod.first_reaching(curve, 0.45) == 3
+    assert mod.first_reaching(curve, 0.45, sustained=True) == 9  # the dip at 6 does not count as reached
+    assert mod.first_reaching(curve, 0.50) is None
+    # plain 12 vs guided 3; plain never (counted as 30, a lower bound); guided never
+    pairs = mod.paired_speedups([12, None, 6], [3, 10, None], iterations=30)
+    assert pairs == [(4.0, False), (3.0, True), None]
+    assert mod.describe_speedups(pairs[:2]) == ">= 3.50x +- 0.71"
+    assert mod.describe_speedups(pairs) == "n/a"
