@@ -14,7 +14,7 @@ ODE, fixed seeds, no guidance), so guidance counts only as far as it was interna
 
 Per target it prints the iterations each arm needed (first evaluation at or above the
 target, and "sustained": at or above it from then on) and the paired speed-up per seed
-(plain / guided; a plain run that never got there counts as 30 iterations, a lower bound).
+(plain / guided; a plain run that never got there counts as the run length, a lower bound).
 """
 
 from __future__ import annotations
