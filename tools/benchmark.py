@@ -20,7 +20,6 @@ with one line on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -66,6 +65,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():  # megatron-core warns that TE / Apex are absent
             warnings.simplefilter("ignore")
             from dancegrpo_hpc.perf.benchmark import format_report, run_benchmark
+            from dancegrpo_hpc.perf.measure import emit_report
 
             log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
             report = run_benchmark(config, warmup=args.warmup, rounds=args.rounds, source=source, log=log)
@@ -74,11 +74,7 @@ def main(argv=None) -> int:
         return 2
     if report["layout"]["rank"] != 0:
         return 0
-    text = json.dumps(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text if args.json else format_report(report), flush=True)
+    emit_report(report, args.out, args.json, format_report)
     return 0
 
 

@@ -16,7 +16,6 @@ defaults (or the --smoke sizes). Exit 2 with one line on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -70,6 +69,7 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")  # megatron-core
     from dancegrpo_hpc.perf.gpu_measure import SMOKE, Sizes, format_report, run
+    from dancegrpo_hpc.perf.measure import emit_report
 
     base = SMOKE if args.smoke else Sizes()
     fields = set(Sizes.__dataclass_fields__)
@@ -80,11 +80,7 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"gpu_measure: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text if args.json else format_report(report), flush=True)
+    emit_report(report, args.out, args.json, format_report)
     return 0
 
 

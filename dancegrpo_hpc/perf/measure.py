@@ -119,3 +119,16 @@ def _cpu_name() -> str:
         return match.group(1).strip() if match else "cpu"
     except OSError:
         return "cpu"
+
+
+def emit_report(report: dict, out=None, as_json: bool = False, formatter=None) -> None:
+    """The tools' last step: the JSON report to `out` (if given), then JSON or the
+    human table (formatter(report)) on stdout."""
+    import json
+
+    text = json.dumps(report)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+    print(text if as_json or formatter is None else formatter(report), flush=True)
+
