@@ -3,7 +3,6 @@ config; the report's schema, its rates against counts and times recomputed here,
 FLOPs against the performance model and against forward_flops x the work counted here,
 calibration from the report, one-line errors, GPU detection; on CUDA, MFU and peak memory."""
 
-import importlib.util
 import json
 import math
 import os
@@ -15,6 +14,7 @@ from dancegrpo_hpc.config import load_config
 from dancegrpo_hpc.memory import model_config
 from dancegrpo_hpc.perf import HARDWARE, detect, estimate, forward_flops, hardware, peak_flops
 from dancegrpo_hpc.perf.benchmark import PHASES, SCHEMA, calibration_input, format_report, run_benchmark
+from script_utils import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "examples", "toy_t2v.yaml")
@@ -24,10 +24,7 @@ TINY = [f"rollout.prompts_per_iteration={PROMPTS}", f"rollout.group_size={GROUP}
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"tools/{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ reference), the embedding cache round trip, tools/precompute_embeddings.py on 1 
 2 torchrun/gloo ranks, and one-line errors. Tiny random encoders of the real classes."""
 
 import copy
-import importlib.util
 import json
 import os
 import pickle
@@ -19,6 +18,7 @@ from dancegrpo_hpc.data import text_encoders as te
 from dancegrpo_hpc.data.embedding_cache import EmbeddingCache, write_embedding_cache
 from dancegrpo_hpc.data.text_encoders import HunyuanTextEncoders
 from dancegrpo_hpc.testing.text_encoders import WORDS, save_tiny_text_encoders, tiny_text_encoders
+from script_utils import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red cat moving left", "the dog jumping over a small river", "camera pans over the city at night",
@@ -28,11 +28,7 @@ PROMPTS = ["a red cat moving left", "the dog jumping over a small river", "camer
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("precompute_embeddings", os.path.join(ROOT, "tools",
-                                                                                      "precompute_embeddings.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/precompute_embeddings.py")
 
 
 def _diffusers(llama, llama_tok, clip, clip_tok, prompts, **options):

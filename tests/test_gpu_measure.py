@@ -3,7 +3,6 @@ timings are never asserted beyond being positive), the FLOP count against the
 performance model, the sliding-tile correctness check, and the GPU defaults (gpu mark)."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -12,15 +11,13 @@ import pytest
 import torch
 
 from dancegrpo_hpc.perf.model import forward_flops
+from script_utils import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tool():
-    spec = importlib.util.spec_from_file_location("gpu_measure_tool", os.path.join(ROOT, "tools", "gpu_measure.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/gpu_measure.py")
 
 
 def run_tool(capsys, *argv):

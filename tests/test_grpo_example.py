@@ -2,19 +2,16 @@
 improve the reward, and flipping the advantage sign makes it worse (so the test
 can fail on a sign error anywhere in the chain)."""
 
-import importlib.util
 import os
 
 import torch
+from script_utils import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("grpo_gaussian", os.path.join(ROOT, "examples", "grpo_gaussian.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/grpo_gaussian.py")
 
 
 def test_grpo_moves_the_policy_to_the_reward():

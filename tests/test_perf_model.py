@@ -2,7 +2,6 @@
 FLOP count against torch's FlopCounterMode, how the communication volumes scale,
 calibration round trips, the CLI contract and one-line errors on bad input."""
 
-import importlib.util
 import json
 import os
 import warnings
@@ -17,6 +16,7 @@ from dancegrpo_hpc.config import load_config
 from dancegrpo_hpc.memory import estimate_memory
 from dancegrpo_hpc.perf import (HARDWARE, Assumptions, calibrate, dp_bytes_per_step, estimate, forward_flops,
                                 hardware, tp_bytes_per_forward, ulysses_bytes_per_forward)
+from script_utils import load_script
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -30,10 +30,7 @@ BENCH = ["rollout.prompts_per_iteration=2", "rollout.group_size=8"]  # tools/ben
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("perf_model_tool", os.path.join(ROOT, "tools", "perf_model.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/perf_model.py")
 
 
 def _example(*overrides):

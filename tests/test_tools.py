@@ -1,7 +1,6 @@
 """The benchmark tool's JSON contract and the quick-start entry point (tiny sizes;
 timings are never asserted)."""
 
-import importlib.util
 import json
 import os
 import shlex
@@ -9,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from script_utils import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,9 +45,7 @@ def test_test_script_fails_when_no_test_runs():
 
 
 def test_torch_installer_refuses_cuda_builds_on_cpu_machines():
-    spec = importlib.util.spec_from_file_location("install_torch", os.path.join(ROOT, "tools", "install_torch.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/install_torch.py")
 
     def plan(*pairs):
         return [{"metadata": {"name": n, "version": v}} for n, v in pairs]
@@ -96,10 +94,7 @@ def test_make_tiny_real_writes_a_world_the_tiny_configs_validate_on(tmp_path, mo
 
 
 def test_guidance_experiment_iterations_to_target_and_paired_speedups():
-    spec = importlib.util.spec_from_file_location("guidance_experiment",
-                                                  os.path.join(ROOT, "tools", "guidance_experiment.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/guidance_experiment.py")
     curve = [(0, 0.30), (3, 0.46), (6, 0.41), (9, 0.47), (12, 0.48)]
     assert mod.first_reaching(curve, 0.45) == 3
     assert mod.first_reaching(curve, 0.45, sustained=True) == 9  # the dip at 6 does not count as reached
