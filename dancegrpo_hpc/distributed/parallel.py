@@ -49,10 +49,11 @@ def _default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def initialize(tp: int = 1, ulysses: int = 1, backend: Optional[str] = None) -> None:
+def initialize(tp: int = 1, ulysses: int = 1, backend: Optional[str] = None, seed: int = 0) -> None:
     """Initialises torch.distributed (from torchrun's environment, or a one-process
-    world when none is set) and megatron-core's groups. On CPU it also enables
-    megatron_compat so megatron-core's communication runs over gloo."""
+    world when none is set) and megatron-core's groups, and seeds megatron-core's CUDA
+    RNG tracker (seed_model_parallel_rng). On CPU it also enables megatron_compat so
+    megatron-core's communication runs over gloo."""
     from megatron.core import parallel_state
 
     if not dist.is_initialized():
@@ -76,8 +77,38 @@ def initialize(tp: int = 1, ulysses: int = 1, backend: Optional[str] = None) -> 
                 f"parallel layout: groups already initialised with tp={parallel_state.get_tensor_model_parallel_world_size()}, "
                 f"ulysses={parallel_state.get_context_parallel_world_size()}; call destroy() before changing them"
             )
+        seed_model_parallel_rng(seed)
         return
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=ulysses)
+    seed_model_parallel_rng(seed)
+
+
+def model_parallel_seeds(seed: int, tp_rank: int) -> dict:
+    """The seeds megatron-core's model_parallel_cuda_manual_seed gives its tracker's
+    states on a rank: data-parallel = seed on every rank, model-parallel = seed + 2718 +
+    tp_rank (distinct per TP rank, the same across data-parallel and Ulysses replicas)."""
+    return {"data-parallel-rng": seed, "model-parallel-rng": seed + 2718 + tp_rank}
+
+
+def seed_model_parallel_rng(seed: int) -> bool:
+    """Seeds megatron-core's CUDA RNG tracker, from which its parallel linears draw their
+    GPU weight init (`get_cuda_rng_tracker().fork()`; unseeded, building a model on CUDA
+    raises "cuda rng state model-parallel-rng is not added"). Idempotent: megatron resets
+    the tracker before adding its states. The process's own CUDA RNG state is kept (megatron
+    re-seeds it; our sampling draws from explicit generators, rl/seeding.py, but a caller's
+    torch.cuda RNG must not change under it). Returns False without CUDA: there the
+    linears initialise on the CPU (use_cpu_initialization) and no tracker is read."""
+    if not torch.cuda.is_available():
+        return False
+    from megatron.core import parallel_state, tensor_parallel
+
+    require(0 <= seed < 2**63, f"parallel.initialize: seed must lie in [0, 2^63); got {seed}")
+    saved = torch.cuda.get_rng_state()
+    try:
+        tensor_parallel.model_parallel_cuda_manual_seed(seed, tp_rank=parallel_state.get_tensor_model_parallel_rank())
+    finally:
+        torch.cuda.set_rng_state(saved)
+    return True
 
 
 def ensure_initialized() -> None:

@@ -47,7 +47,7 @@ class Topology:
 
         from ..distributed import parallel
 
-        parallel.initialize(config.parallel.tensor, config.parallel.ulysses)
+        parallel.initialize(config.parallel.tensor, config.parallel.ulysses, seed=config.seed)
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         return Topology(device, dist.get_rank(), dist.get_world_size(), ps.get_data_parallel_rank(),
                         ps.get_data_parallel_world_size(), ps.get_tensor_model_parallel_rank(),
