@@ -1,19 +1,21 @@
 """Run outputs: metrics.jsonl (append, resume truncation), TensorBoard scalars,
-reward-curve PNG, video-grid GIF, summary.json and console progress."""
+reward-curve PNG, video-grid GIF (with prompt labels), summary.json and console progress."""
 
 import io
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from dancegrpo_hpc.checks import InputError
 from dancegrpo_hpc.outputs import (
     MetricsLog, TrainingProgress, format_metrics_line, format_summary_line, plot_reward_curve, read_metrics,
-    read_summary, reward_curve_keys, write_summary, write_video_grid,
+    read_summary, render_video_grid, reward_curve_keys, write_summary, write_video_grid,
 )
+from dancegrpo_hpc.outputs.video_grid import BACKGROUND, wrap_label
 
 
 def _scalar_events(output_dir, tag):
@@ -128,6 +130,85 @@ def test_video_grid_gif_has_every_frame_and_each_clip_where_the_layout_says(tmp_
             # nearest-neighbour upscale: source pixel (f, 0) covers a scale x scale block
             for y in range(height * scale):
                 assert at(1, 0, y, scale - 1) == ((255, 255, 255) if y // scale == f else (0, 0, 0))
+
+
+def _ink(pixels):
+    """The drawn part of an RGB crop: the crop of its bounding box of non-background pixels."""
+    drawn = (pixels != torch.tensor(BACKGROUND, dtype=torch.uint8)).any(dim=-1)
+    ys, xs = torch.nonzero(drawn, as_tuple=True)
+    return pixels[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] if len(ys) else None
+
+
+def _rendered_alone(text):
+    """text drawn on its own by PIL in the default font: what a column label must look like."""
+    image = Image.new("RGB", (400, 40), BACKGROUND)
+    ImageDraw.Draw(image).text((10, 10), text, fill=(235, 235, 235), font=ImageFont.load_default())
+    return _ink(torch.from_numpy(np.asarray(image).copy()))
+
+
+def test_video_grid_labels_each_column_with_its_prompt(tmp_path):
+    prompts = ["a red car", "the dog", "sun"]  # each fits on one line of a 64-pixel tile
+    videos = torch.zeros(3, 2, 3, 16, 16)
+    plain, plain_layout = render_video_grid({"before": videos, "after": videos})
+    frames, layout = render_video_grid({"before": videos, "after": videos}, column_labels=prompts)
+    assert plain_layout.header_height == 0 and layout.header_height > 0
+    assert layout.tile_origin(1, 2)[1] == plain_layout.tile_origin(1, 2)[1] + layout.header_height
+    assert frames.shape[1] == plain.shape[1] + layout.header_height
+    for column, prompt in enumerate(prompts):
+        x, y, w, h = layout.column_label_box(column)
+        assert (x, w) == (layout.tile_origin(0, column)[0], layout.tile_width)
+        ink = _ink(frames[0, y : y + h, x : x + w])
+        assert ink is not None and torch.equal(ink, _rendered_alone(prompt)), prompt  # its own prompt, in full
+        # every frame carries the label; nothing is drawn outside the boxes above the clips
+        assert torch.equal(frames[-1, y : y + h, x : x + w], frames[0, y : y + h, x : x + w])
+    x_end = layout.column_label_box(0)[0]
+    assert _ink(frames[0, : layout.header_height, :x_end]) is None  # above the row labels: empty
+    x0, _, w0, _ = layout.column_label_box(0)
+    x1 = layout.column_label_box(1)[0]
+    assert _ink(frames[0, : layout.header_height, x0 + w0 : x1]) is None  # the gap between two labels
+
+    write_video_grid({"before": videos, "after": videos}, tmp_path / "grid.gif", column_labels=prompts)
+    with Image.open(tmp_path / "grid.gif") as gif:
+        assert gif.size == layout.size
+        x, y, w, h = layout.column_label_box(0)
+        shown = torch.from_numpy(np.asarray(gif.convert("RGB").crop((x, y, x + w, y + h))).copy())
+        assert torch.equal(_ink(shown), _rendered_alone(prompts[0]))
+    with pytest.raises(InputError, match="column_labels must be 3 strings"):
+        render_video_grid({"before": videos}, column_labels=prompts[:2])
+
+
+def test_long_prompts_are_wrapped_to_the_tile_width():
+    font = ImageFont.load_default()
+    text = "a yellow triangle moving slowly to the right over a green field at dawn"
+    lines = wrap_label(text, font, 100, max_lines=10)
+    assert len(lines) > 1 and " ".join(lines) == text  # broken at spaces only, nothing lost
+    assert all(font.getlength(line) <= 100 for line in lines)
+    assert all(font.getlength(f"{a} {b.split()[0]}") > 100 for a, b in zip(lines, lines[1:]))  # greedy: lines full
+    cut = wrap_label(text, font, 100, max_lines=2)
+    assert cut[0] == lines[0] and cut[1].endswith("...") and font.getlength(cut[1]) <= 100
+    split = wrap_label("x" * 60, font, 50, max_lines=10)  # a word wider than the tile is split
+    assert "".join(split) == "x" * 60 and len(split) > 1 and all(font.getlength(line) <= 50 for line in split)
+    assert wrap_label("", font, 50) == []
+
+
+def test_trainer_labels_the_sample_grid_with_the_held_out_prompts(tmp_path, monkeypatch):
+    import dancegrpo_hpc.outputs as outputs
+    from trainer_utils import TinyWorld, tiny_config
+
+    from dancegrpo_hpc.rl.trainer import Trainer
+
+    calls = []
+    monkeypatch.setattr(outputs, "write_video_grid", lambda videos, path, **kw: calls.append((videos, kw)))
+    world = TinyWorld(eval_prompts=3)
+    trainer = Trainer(tiny_config(tmp_path, logging={"sample_grid": True}, train={"iterations": 1},
+                                  data={"eval_prompts": 3}, eval={"samples_per_prompt": 1}), world=world)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    (videos, kw), = calls
+    assert kw["column_labels"] == ["held out 0", "held out 1", "held out 2"]
+    assert videos["after"].shape[0] == len(kw["column_labels"])
 
 
 def test_video_grid_rejects_mismatched_rows(tmp_path):

@@ -419,7 +419,10 @@ class Trainer:
             before_path = os.path.join(c.output_dir, "videos_before.pt")
             if videos is not None and os.path.exists(before_path):
                 old = torch.load(before_path, weights_only=True)
-                write_video_grid({"before": old, "after": videos}, os.path.join(c.output_dir, "samples.gif"))
+                # evaluate() keeps the videos of this rank's first held-out prompts: label each column with its prompt
+                shown = self.world.eval_prompts[self.topo.dp_rank::self.topo.dp][: len(videos)]
+                write_video_grid({"before": old, "after": videos}, os.path.join(c.output_dir, "samples.gif"),
+                                 column_labels=shown)
             log.close()
             print(format_summary_line(summary), flush=True)
         return summary
