@@ -17,12 +17,22 @@ def main(argv=None) -> int:
     check.add_argument("--seed", type=int, default=0)
     from . import train
 
-    train.add_arguments(commands.add_parser("train", help="run GRPO training from a YAML config (+ dotted overrides)"))
+    train_parser = commands.add_parser("train", help="run GRPO training from a YAML config (+ dotted overrides)")
+    train.add_arguments(train_parser)
     from . import validate
 
-    validate.add_arguments(commands.add_parser(
-        "validate", help="check a config (divisibility, paths) and print a per-rank memory estimate without loading weights"))
-    args = parser.parse_args(argv)
+    validate_parser = commands.add_parser(
+        "validate", help="check a config (divisibility, paths) and print a per-rank memory estimate without loading weights")
+    validate.add_arguments(validate_parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # train and validate take options anywhere among the config and overrides; argparse parses a
+    # subcommand's arguments in the plain (non-intermixed) way, so they are parsed by their own parser
+    intermixed = {"train": train_parser, "validate": validate_parser}
+    if argv and argv[0] in intermixed:
+        args = train.parse_args(intermixed[argv[0]], argv[1:])
+        args.command = argv[0]
+    else:
+        args = parser.parse_args(argv)
 
     if args.command == "train":
         return train.run_or_report(args)

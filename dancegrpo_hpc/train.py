@@ -10,10 +10,19 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train command's arguments; parse them with parse_args, so options may come
+    before, between or after the config and the overrides."""
     parser.add_argument("config", nargs="?", default=None, help="YAML config (default: the toy world defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iterations=5 output_dir=runs/x")
     parser.add_argument("--resume", default="none",
                         help="'auto' (latest checkpoint in output_dir, if any), 'none', or a checkpoint directory")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Options in any order among the positionals (`CONFIG --resume auto a=1 b=2`): argparse's
+    plain parse_args takes the nargs="*" overrides only before the first option and rejects
+    the rest as unrecognized arguments."""
+    return parser.parse_intermixed_args(argv)
 
 
 def run(args) -> int:
@@ -67,7 +76,7 @@ def _cuda_visible() -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dancegrpo-hpc train", description="GRPO training")
     add_arguments(parser)
-    return run_or_report(parser.parse_args(argv))
+    return run_or_report(parse_args(parser, argv))
 
 
 def run_or_report(args) -> int:

@@ -34,3 +34,30 @@ def test_config_errors_are_one_line_and_fast(tmp_path, override, words):
     assert "Traceback" not in out.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("argv", [
+    ["--resume", "auto", "examples/toy_t2v.yaml", "train.iterations=13", "seed=3"],  # options first
+    ["examples/toy_t2v.yaml", "train.iterations=13", "--resume", "auto", "seed=3"],  # between the overrides
+    ["examples/toy_t2v.yaml", "train.iterations=13", "seed=3", "--resume", "auto"],  # last
+])
+def test_options_go_anywhere_among_the_config_and_overrides(monkeypatch, argv):
+    """The README: extra arguments of the quick start (`--resume auto train.iterations=13`) in any order."""
+    import dancegrpo_hpc.train as train
+    from dancegrpo_hpc.cli import main as cli_main
+
+    seen = []
+    monkeypatch.setattr(train, "run", lambda args: seen.append(args) or 0)
+    assert train.main(argv) == 0 and cli_main(["train", *argv]) == 0
+    for args in seen:
+        assert (args.config, args.overrides, args.resume) == (
+            "examples/toy_t2v.yaml", ["train.iterations=13", "seed=3"], "auto")
+    assert seen[1].command == "train"
+
+
+def test_quickstart_arguments_reach_the_config_check(tmp_path):
+    """tools/quickstart.sh appends its arguments after `CONFIG output_dir=...`: an option then an
+    override reach the config (a bad key, so it stops at the one-line check)."""
+    out = _train(TOY, f"output_dir={tmp_path}", "--resume", "auto", "train.lrr=1")
+    assert out.returncode == 2 and "unknown key 'train.lrr'" in out.stderr, out.stderr
+    assert "unrecognized arguments" not in out.stderr
