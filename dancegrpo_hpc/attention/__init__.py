@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ..checks import check_choice
-from .backends import BACKENDS
+from .backends import BACKENDS, SDPA_KERNELS
 from .mask import JointMask
 
 
@@ -21,9 +21,14 @@ class AttentionConfig:
     backend: str = "sdpa"
     tile: Tuple[int, int, int] = (6, 8, 8)  # sliding_tile: tokens per tile (t, h, w)
     window: Sequence = field(default=(3, 3, 3))  # sliding_tile: tiles per window, or one (t, h, w) per head
+    # sdpa: SDPA kernels to try, in order (cudnn, flash, efficient, math); None = cudnn, flash,
+    # efficient, math on CUDA (backends.DEFAULT_CUDA_KERNELS) and torch's own choice on CPU
+    sdpa_kernels: Optional[Tuple[str, ...]] = None
 
     def validate(self, heads: int) -> None:
         check_choice("attention", "backend", self.backend, tuple(BACKENDS))
+        for name in self.sdpa_kernels or ():
+            check_choice("attention", "sdpa_kernels entry", name, tuple(SDPA_KERNELS))
         if self.backend == "sliding_tile":
             from .sliding_tile import validate_window
 

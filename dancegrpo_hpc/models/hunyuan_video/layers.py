@@ -108,7 +108,19 @@ def rope_tables(grid: Sequence[int], axes_dim: Sequence[int], theta: float, devi
 
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotates interleaved (real, imaginary) channel pairs; x [S, B, H, D], rotation
-    [S, D / 2] complex. One complex multiply: the same arithmetic as
-    x * cos + rotate_half(x) * sin, in one pass instead of five (float32 math)."""
+    [S, D / 2] complex. Eager: one complex multiply, the same arithmetic as
+    x * cos + rotate_half(x) * sin in one pass instead of five (float32 math). Under
+    torch.compile the real form, which Inductor fuses with the qk-norm (it does not
+    generate code for complex tensors)."""
+    if torch.compiler.is_compiling():
+        return _apply_rope_real(x, rotation)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation[:, None, None, :]).flatten(-2).to(x.dtype)
+
+
+def _apply_rope_real(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """apply_rope in real arithmetic: (a, b) -> (a cos - b sin, a sin + b cos) per pair."""
+    cos = rotation.real[:, None, None, :]
+    sin = rotation.imag[:, None, None, :]
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(x.dtype)

@@ -24,7 +24,7 @@ from ...distributed.sequence import TokenRouter, pad_tokens, padded_length
 from .blocks import DualStreamBlock, ForwardContext, RefinerBlock, SingleStreamBlock
 from .config import HunyuanVideoConfig
 from .layers import MLPEmbedder, PatchEmbed, modulate, rope_tables, timestep_features
-from .parallelize import apply_activation_checkpointing
+from .parallelize import apply_activation_checkpointing, apply_compile
 from .spec import LayerSpec, LinearFactory
 
 ADALN_MODES = ("replicated", "column")
@@ -106,7 +106,7 @@ class HunyuanVideoDiT(nn.Module):
     def __init__(self, config: HunyuanVideoConfig, *, sequence_parallel: bool = False, spec: LayerSpec = LayerSpec(),
                  attention: AttentionConfig = AttentionConfig(), adaln: str = "replicated",
                  dtype: torch.dtype = torch.float32, device=None, init_weights: bool = True,
-                 checkpoint_fraction: float = 0.0):
+                 checkpoint_fraction: float = 0.0, compile: bool = False):
         super().__init__()
         check_choice("HunyuanVideoDiT", "adaln", adaln, ADALN_MODES)
         spec.validate()
@@ -138,6 +138,8 @@ class HunyuanVideoDiT(nn.Module):
                 setattr(param, "sequence_parallel", True)
         self.to(dtype)
         apply_activation_checkpointing(self, checkpoint_fraction)
+        if compile:
+            apply_compile(self)
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -145,7 +147,7 @@ class HunyuanVideoDiT(nn.Module):
         """Builds the model for this rank's TP / Ulysses shard from a diffusers
         HunyuanVideoTransformer3DModel instance or checkpoint directory (each rank reads
         only its slices). Options: sequence_parallel, spec, attention, adaln, dtype, device,
-        checkpoint_fraction."""
+        checkpoint_fraction, compile."""
         from .weights import load_diffusers
 
         return load_diffusers(cls, model_or_path, **options)

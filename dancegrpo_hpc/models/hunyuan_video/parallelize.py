@@ -28,6 +28,22 @@ def apply_activation_checkpointing(model, fraction: float) -> int:
     return wrapped
 
 
+def apply_compile(model, **options) -> int:
+    """Regional torch.compile (torchtitan style): each dual- and single-stream block is
+    compiled on its own, after activation checkpointing wraps it, so the compiled graph is
+    one block's (every block of a kind shares the compiled code; a whole-model graph would
+    take far longer to compile). Inductor fuses the norms, modulation, RoPE and gated
+    residuals around the GEMMs and attention; on the H200 at 12,856 tokens it cut the
+    forward from 75.0 to 67.1 ms and the training step from 248.8 to 233.7 ms (flash SDPA,
+    docs/GPU_VALIDATION.md). The first call compiles (about a minute on a 16-core host).
+    options go to torch.compile (tests use backend="aot_eager"). Returns how many blocks
+    were compiled."""
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    for block in blocks:
+        block.compile(**options)
+    return len(blocks)
+
+
 def parameter_name(name: str) -> str:
     """A parameter's name without checkpoint-wrapper prefixes (the name in checkpoints)."""
     return name.replace(WRAPPER_PREFIX, "")

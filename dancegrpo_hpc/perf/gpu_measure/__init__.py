@@ -62,11 +62,15 @@ def format_report(r: Dict) -> str:
                       f"{cfg['dual_blocks']} dual + {cfg['single_blocks']} single blocks, {cfg['parameters']:,} "
                       f"parameters, batch {m['batch']}, latent {'x'.join(map(str, m['latent']))} = "
                       f"{m['video_tokens']} video + {m['text_tokens']} text tokens, attention {cfg['attention_backend']}"]
+        lines.append(f"  SDPA kernels {cfg.get('sdpa_kernels', 'default')}, compile {cfg.get('compile', False)}")
         for name in ("forward", "train_step"):
             p = m[name]
             mem = "-" if p["peak_memory_bytes"] is None else f"{p['peak_memory_bytes'] / 2**30:.2f} GiB"
             lines.append(f"  {name:<11} {_ms(p['seconds'])}  {_rate(p['flops'], 'FLOP')}  "
-                         f"{_rate(p['flops_per_s'], 'FLOP/s')}  MFU {_pct(p.get('mfu'))}  peak {mem}")
+                         f"{_rate(p['flops_per_s'], 'FLOP/s')}  MFU {_pct(p.get('mfu'))}  peak {mem}  "
+                         f"(first call {p.get('first_call_s', float('nan')):.2f} s)")
+            for row in p.get("top_kernels", {}).get("top", []):
+                lines.append(f"      {row['ms']:8.2f} ms {row['share']:6.1%} x{row['calls']:<4} {row['name'][:110]}")
     if "kernels" in r:
         k = r["kernels"]
         lines += ["", f"fused SDE kernels, {'x'.join(map(str, k['shape']))} {k['dtype']}"]

@@ -31,6 +31,9 @@ class Sizes:
     batch: int = 1
     backend: str = "sdpa"
     checkpoint_fraction: float = 0.0
+    compile: bool = False  # regional torch.compile of the blocks (HunyuanVideoDiT(compile=True))
+    sdpa_kernels: Optional[str] = None  # "cudnn,flash,...": SDPA kernels in order; None = the backend's default
+    profile: int = 0  # > 0: torch.profiler's top-N kernels of one forward and one training step
     # fused SDE kernels: one rollout's latents (96 samples x 16 x 14 x 60 x 60)
     kernel_shape: Tuple[int, ...] = (96, 16, 14, 60, 60)
     kernel_dtype: str = "float32"
