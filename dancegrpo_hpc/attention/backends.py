@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Dict, Tuple
+import inspect
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..checks import InputError
 from .mask import JointMask
@@ -32,11 +34,9 @@ SDPA_KERNELS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficie
 DEFAULT_CUDA_KERNELS = ("cudnn", "flash", "efficient", "math")
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel_list(names: Tuple[str, ...]):
-    from torch.nn.attention import SDPBackend
-
-    return [getattr(SDPBackend, SDPA_KERNELS[n]) for n in names]
+# Read once at import: the kernel context is entered inside torch.compile'd blocks, where dynamo
+# traces sdpa_kernel (with set_priority) but not signature inspection or caches.
+_TAKES_PRIORITY = "set_priority" in inspect.signature(sdpa_kernel).parameters  # torch >= 2.6
 
 
 def _kernel_context(q, config):
@@ -45,21 +45,10 @@ def _kernel_context(q, config):
     names = getattr(config, "sdpa_kernels", None)
     if names is None and q.device.type != "cuda":
         return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
-    kernels = _kernel_list(tuple(names or DEFAULT_CUDA_KERNELS))
-    if _takes_priority():
+    kernels = [getattr(SDPBackend, SDPA_KERNELS[n]) for n in (names or DEFAULT_CUDA_KERNELS)]
+    if _TAKES_PRIORITY:
         return sdpa_kernel(kernels, set_priority=True)
-    return sdpa_kernel(kernels)  # torch < 2.6: the listed kernels, in torch's own order
-
-
-@functools.lru_cache(maxsize=None)
-def _takes_priority() -> bool:
-    import inspect
-
-    from torch.nn.attention import sdpa_kernel
-
-    return "set_priority" in inspect.signature(sdpa_kernel).parameters
+    return sdpa_kernel(kernels)  # the listed kernels, in torch's own order
 
 
 class _GradInOutputLayout(torch.autograd.Function):
