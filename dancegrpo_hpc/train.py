@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iterations=5 output_dir=runs/x")
     parser.add_argument("--resume", default="none",
                         help="'auto' (latest checkpoint in output_dir, if any), 'none', or a checkpoint directory")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                        help="on resume, let config KEY (e.g. train.lr, or a section such as train) differ from the "
+                             "checkpoint's; repeatable. Without it a change that breaks the exact resume is refused")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -49,7 +52,7 @@ def run(args) -> int:
             return _serve_rewards(config, pool)
     from .rl.trainer import Trainer
 
-    trainer = Trainer(config, resume=args.resume, reward_pool=pool)
+    trainer = Trainer(config, resume=args.resume, reward_pool=pool, allow_changes=getattr(args, "allow_change", ()))
     try:
         trainer.train()
     finally:

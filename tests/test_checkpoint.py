@@ -1,6 +1,7 @@
 """Checkpoints: round trips, RNG restore, crash leftovers, SIGKILL during saves,
 pruning, resume resolution and a 2-rank gloo save/load."""
 
+import hashlib
 import json
 import os
 import random
@@ -16,9 +17,10 @@ import torch
 from dist_utils import run_ranks
 
 from dancegrpo_hpc.checkpoint import (
-    TrainerState, capture_rng_state, checkpoints_dir, find_latest, is_complete, load_checkpoint,
-    resolve_resume, restore_rng_state, save_checkpoint,
+    TrainerState, capture_rng_state, check_rank_files, checkpoints_dir, choose_checkpoint, find_latest, has_checksums,
+    is_complete, load_checkpoint, resolve_resume, restore_rng_state, resume_candidates, save_checkpoint,
 )
+from dancegrpo_hpc.checkpoint import manifest
 from dancegrpo_hpc.checks import InputError
 
 LAYOUT = {"tp": 1, "ulysses": 1, "sequence_parallel": False}
@@ -267,7 +269,7 @@ def _two_rank_save_and_load(rank, world_size, out):
 def test_two_ranks_save_and_load_their_own_optimizer_and_rng_state(tmp_path):
     results = run_ranks(2, _two_rank_save_and_load, str(tmp_path))
     for rank, (files, model, exp_avg, same_draw, errors) in enumerate(results):
-        assert files == ["COMPLETE", "model_tp0.safetensors", "optim_rank0.pt", "optim_rank1.pt",
+        assert files == ["COMPLETE", "manifest.json", "model_tp0.safetensors", "optim_rank0.pt", "optim_rank1.pt",
                          "rng_rank0.pt", "rng_rank1.pt", "trainer_state.json"]
         assert torch.equal(model, torch.full((3,), 1.0))  # rank 0's copy, for both ranks
         assert torch.equal(exp_avg, torch.full((2,), float(rank)))
@@ -276,3 +278,154 @@ def test_two_ranks_save_and_load_their_own_optimizer_and_rng_state(tmp_path):
         assert "differs in dp, tp" in errors[1] and "saved dp=2, tp=1" in errors[1]
     state = json.loads((checkpoints_dir(tmp_path) / "iter_0000005" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["layout"]["dp"] == 2
+
+
+# -- checksums (manifest.json) and choosing an intact checkpoint -------------------------------
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def test_manifest_records_size_and_chunked_sha256_of_every_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest, "CHUNK_BYTES", 1000)  # several chunks even for these small files
+    path = _save(tmp_path, 3, ema_state={"w": torch.ones(300)})
+    listed = json.loads((path / "manifest.json").read_text())["files"]
+    on_disk = sorted(p.name for p in path.iterdir() if p.name not in ("COMPLETE", "manifest.json"))
+    assert sorted(listed) == on_disk == ["ema_tp0.safetensors", "model_tp0.safetensors", "optim_rank0.pt",
+                                         "rng_rank0.pt", "trainer_state.json"]
+    for name, entry in listed.items():
+        data = (path / name).read_bytes()
+        chunks = b"".join(_sha256(data[i:i + 1000]) for i in range(0, len(data), 1000))
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(chunks).hexdigest()}, name
+    assert len((path / "rng_rank0.pt").read_bytes()) > 3000  # really several chunks
+    assert manifest.file_digest(path / "rng_rank0.pt", threads=3) == listed["rng_rank0.pt"]["sha256"]
+    pinned = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+    assert (path / "COMPLETE").read_text() == f"3\nmanifest sha256 {pinned}\n"
+    assert not list(path.glob("manifest_rank*"))  # the per-rank parts were merged
+
+
+def _check(path, **kwargs):
+    return check_rank_files(path, rank=0, shard_tag="tp0", world_size=1, layout=LAYOUT, **kwargs)
+
+
+def _flip_bytes(path, count, start=0):
+    data = bytearray(path.read_bytes())
+    for i in random.Random(0).sample(range(start, len(data)), count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_check_finds_each_kind_of_damage(tmp_path):
+    path = _save(tmp_path, 1, model_state={"w": torch.randn(64, 64)})
+    assert _check(path) is None
+    model = path / "model_tp0.safetensors"
+    good = model.read_bytes()
+    _flip_bytes(model, 1, start=len(good) - 4 * 64 * 64)  # one byte inside the weights
+    assert _check(path) == ("corrupt", "model_tp0.safetensors is corrupt (its content differs from the sha256 "
+                                       "recorded at save time)")
+    model.write_bytes(good[:100])
+    assert _check(path) == ("corrupt", f"model_tp0.safetensors is truncated (100 of {len(good)} bytes)")
+    model.write_bytes(good + b"x")
+    assert _check(path) == ("corrupt", f"model_tp0.safetensors has {len(good) + 1} bytes, {len(good)} were saved")
+    model.unlink()
+    assert _check(path) == ("corrupt", "model_tp0.safetensors is missing")
+    model.write_bytes(good)
+    (path / "manifest.json").write_text((path / "manifest.json").read_text().replace("size", "sizE"))
+    assert _check(path) == ("corrupt", "manifest.json is corrupt (its sha256 differs from the one in COMPLETE)")
+    (path / "manifest.json").unlink()  # deleting it does not turn the checkpoint into an unverified one
+    assert _check(path) == ("corrupt", "manifest.json is missing")
+
+
+def _strip_manifest(path):
+    """What a checkpoint saved before checksums looks like."""
+    (path / "manifest.json").unlink()
+    (path / "COMPLETE").write_text((path / "COMPLETE").read_text().splitlines()[0] + "\n")
+
+
+def test_a_checkpoint_without_manifest_is_checked_by_loading_its_files(tmp_path):
+    path = _save(tmp_path, 1)
+    _strip_manifest(path)
+    assert not has_checksums(path) and _check(path) is None
+    assert torch.equal(_load(path).model_state["w"], torch.full((4, 4), 1.0))
+    optim = path / "optim_rank0.pt"
+    optim.write_bytes(optim.read_bytes()[:50])
+    kind, why = _check(path)
+    assert kind == "corrupt" and why.startswith("optim_rank0.pt is unreadable (")
+    (path / "rng_rank0.pt").write_bytes(b"")
+    optim.unlink()
+    assert _check(path) == ("corrupt", "optim_rank0.pt is missing")
+
+
+def test_resume_candidates_are_latest_then_older_ones(tmp_path):
+    for iteration in (1, 2, 3):
+        _save(tmp_path, iteration, keep_last=None)
+    root = checkpoints_dir(tmp_path)
+    assert [p.name for p in resume_candidates("auto", tmp_path)] == ["iter_0000003", "iter_0000002", "iter_0000001"]
+    (root / "latest").write_text("iter_0000002\n")  # a run resumed from 2: iter_3 is an abandoned branch
+    assert [p.name for p in resume_candidates("auto", tmp_path)] == ["iter_0000002", "iter_0000001"]
+    (root / "latest").write_text("iter_0000009\n")
+    assert [p.name for p in resume_candidates("auto", tmp_path)] == ["iter_0000003", "iter_0000002", "iter_0000001"]
+    assert resume_candidates(str(root / "iter_0000001"), tmp_path) == [root / "iter_0000001"]
+    assert resume_candidates("none", tmp_path) == []
+
+
+def _choose(out, resume="auto", lines=None):
+    return choose_checkpoint(resume, out, rank=0, shard_tag="tp0", world_size=1, layout=LAYOUT,
+                             report=None if lines is None else lines.append)
+
+
+def test_choose_falls_back_past_damaged_checkpoints_and_fails_in_one_line_when_none_is_intact(tmp_path):
+    first, second = _save(tmp_path, 1), _save(tmp_path, 2)
+    lines = []
+    (second / "rng_rank0.pt").write_bytes(b"")
+    assert _choose(tmp_path, lines=lines) == first
+    assert lines == [f"[resume] skipping iter_0000002: rng_rank0.pt is truncated (0 of "
+                     f"{(first / 'rng_rank0.pt').stat().st_size} bytes); falling back to an older checkpoint"]
+    (first / "trainer_state.json").write_text("{")
+    with pytest.raises(InputError) as error:
+        _choose(tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"resume: no intact checkpoint in {checkpoints_dir(tmp_path)}: "
+                                                      "iter_0000002: rng_rank0.pt is truncated")
+    assert "iter_0000001: trainer_state.json is truncated" in message and message.endswith("--resume none")
+    with pytest.raises(InputError, match=r"^resume: checkpoint .*iter_0000002: rng_rank0.pt is truncated.*--resume auto$"):
+        _choose(tmp_path, resume=str(second))
+    assert _choose(tmp_path / "fresh") is None
+
+
+def test_a_layout_change_is_refused_not_taken_for_damage(tmp_path):
+    _save(tmp_path, 1), _save(tmp_path, 2)
+    with pytest.raises(InputError, match="world_size=1 but this run has world_size=2"):
+        choose_checkpoint("auto", tmp_path, rank=0, shard_tag="tp0", world_size=2, layout=LAYOUT)
+
+
+def _two_ranks_choose(rank, world_size, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    layout = {"tp": 1, "ulysses": 1, "dp": 2}
+    for iteration in (1, 2):
+        save_checkpoint(out, iteration, rank=rank, world_size=world_size, model_state={"w": torch.ones(3)},
+                        writes_model=rank == 0, shard_tag="tp0", optimizer_state={"step": torch.tensor(iteration)},
+                        trainer_state=TrainerState(iteration, world_size, layout) if rank == 0 else None)
+    optim = checkpoints_dir(out) / "iter_0000002" / "optim_rank1.pt"
+    saved_size = optim.stat().st_size
+    dist.barrier()
+    if rank == 1:  # only rank 1 reads this file: rank 0 alone would resume from iter_2
+        optim.write_bytes(optim.read_bytes()[:10])
+    dist.barrier()
+    own_view = check_rank_files(checkpoints_dir(out) / "iter_0000002", rank=rank, shard_tag="tp0",
+                                world_size=world_size, layout=layout)
+    lines = []
+    chosen = choose_checkpoint("auto", out, rank=rank, shard_tag="tp0", world_size=world_size, layout=layout,
+                               report=lines.append if rank == 0 else None)
+    return own_view, chosen.name, lines, saved_size
+
+
+@pytest.mark.distributed
+def test_ranks_agree_on_the_checkpoint_when_only_one_rank_sees_damage(tmp_path):
+    (view0, chosen0, lines, size), (view1, chosen1, _, _) = run_ranks(2, _two_ranks_choose, str(tmp_path))
+    why = f"optim_rank1.pt is truncated (10 of {size} bytes)"
+    assert view0 is None and view1 == ("corrupt", why)
+    assert chosen0 == chosen1 == "iter_0000001"
+    assert lines == [f"[resume] skipping iter_0000002: {why} (rank 1); falling back to an older checkpoint"]

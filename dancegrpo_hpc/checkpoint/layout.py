@@ -12,6 +12,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"  # size and digest of every file (checkpoint/manifest.py)
 STAGING_SUFFIX = ".tmp"  # a checkpoint being written
 REPLACED_SUFFIX = ".old"  # a complete checkpoint being replaced by one of the same iteration
 
@@ -48,6 +49,10 @@ def optimizer_file(rank: int) -> str:
 
 def rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
+
+
+def manifest_part_file(rank: int) -> str:
+    return f"manifest_rank{rank}.json"
 
 
 def is_complete(path) -> bool:

@@ -1,9 +1,10 @@
 """Writes one checkpoint from every rank so that a kill at any moment leaves the
 `latest` pointer on either the previous complete checkpoint or the new one.
 
-Protocol: all ranks write into iter_<N>.tmp; barrier; rank 0 checks every rank's
-files, marks the staging dir COMPLETE, renames it to iter_<N>, then repoints
-`latest`; barrier."""
+Protocol: all ranks write into iter_<N>.tmp and hash what they wrote
+(manifest_rank<R>.json); barrier; rank 0 checks every rank's files, merges the
+hashes into manifest.json, marks the staging dir COMPLETE (pinning the manifest's
+digest), renames it to iter_<N>, then repoints `latest`; barrier."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 from ..checks import require
 from . import layout as names
 from .atomic import fsync_dir, write_atomic, write_text_atomic
+from .manifest import merge_manifests, write_rank_manifest
 from .rng import capture_rng_state
 from .state import TrainerState
 
@@ -55,14 +57,15 @@ def _write_torch(path: Path, obj) -> None:
 
 def _check_all_ranks_wrote(staging: Path, world_size: int) -> None:
     missing = [name for rank in range(world_size)
-               for name in (names.optimizer_file(rank), names.rng_file(rank)) if not (staging / name).is_file()]
+               for name in (names.optimizer_file(rank), names.rng_file(rank), names.manifest_part_file(rank))
+               if not (staging / name).is_file()]
     require(not missing, f"checkpoint: {staging} lacks {', '.join(missing)}; every rank must call "
                          "save_checkpoint for the same iteration with the same world_size")
 
 
-def _publish(root: Path, staging: Path, final: Path, iteration: int) -> None:
+def _publish(root: Path, staging: Path, final: Path, iteration: int, manifest_line: str) -> None:
     """Rank 0: COMPLETE marker, rename into place, repoint `latest`."""
-    write_text_atomic(staging / names.COMPLETE_MARKER, f"{iteration}\n")
+    write_text_atomic(staging / names.COMPLETE_MARKER, f"{iteration}\n{manifest_line}\n")
     replaced = final.with_name(final.name + names.REPLACED_SUFFIX)
     if final.exists():
         # keep the old copy findable (find_latest accepts it) until the new one is in place
@@ -140,19 +143,25 @@ def save_checkpoint(
     barrier()
     staging.mkdir(parents=True, exist_ok=True)
 
+    written = []
     if writes_model:
-        _write_tensors(staging / names.model_file(shard_tag), model_state, rank, iteration, "checkpoint model_state")
+        written.append(names.model_file(shard_tag))
+        _write_tensors(staging / written[-1], model_state, rank, iteration, "checkpoint model_state")
         if ema_state is not None:
-            _write_tensors(staging / names.ema_file(shard_tag), ema_state, rank, iteration, "checkpoint ema_state")
-    _write_torch(staging / names.optimizer_file(rank), optimizer_state)
-    _write_torch(staging / names.rng_file(rank), capture_rng_state())
+            written.append(names.ema_file(shard_tag))
+            _write_tensors(staging / written[-1], ema_state, rank, iteration, "checkpoint ema_state")
+    written += [names.optimizer_file(rank), names.rng_file(rank)]
+    _write_torch(staging / written[-2], optimizer_state)
+    _write_torch(staging / written[-1], capture_rng_state())
     if rank == 0:
-        write_text_atomic(staging / names.TRAINER_STATE_FILE, trainer_json)
+        written.append(names.TRAINER_STATE_FILE)
+        write_text_atomic(staging / written[-1], trainer_json)
+    write_rank_manifest(staging, rank, written)
     barrier()
 
     if rank == 0:
         _check_all_ranks_wrote(staging, world_size)
-        _publish(root, staging, final, iteration)
+        _publish(root, staging, final, iteration, merge_manifests(staging, world_size))
         prune_checkpoints(root, iteration, keep_last)
     barrier()
     return final

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -97,11 +97,12 @@ def _to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
 
 
 class Trainer:
-    def __init__(self, config: Config, resume: str = "none", world=None, reward_pool=None):
+    def __init__(self, config: Config, resume: str = "none", world=None, reward_pool=None,
+                 allow_changes: Sequence[str] = ()):
         """world: a data.World to use instead of the one config.data names (tests, embedding);
-        reward_pool: rewards.pool.RewardPool when rollout.reward_ranks > 0."""
+        reward_pool: rewards.pool.RewardPool when rollout.reward_ranks > 0.
+        allow_changes: config keys (or sections) that may differ from the resumed checkpoint's."""
         from ..attention import AttentionConfig
-        from ..checkpoint import resolve_resume
         from ..data import build_world
         from ..models.hunyuan_video.spec import LayerSpec
         from ..rewards import AsyncRewardRunner, build_rewards
@@ -112,7 +113,7 @@ class Trainer:
             check_runnable(c)
         self.topo = Topology.create(c)
         check_layout(c, self.topo.world)
-        self.resume_path = resolve_resume(resume, c.output_dir)
+        self.resume_path = self._choose_resume(resume, allow_changes)
         self.world = world if world is not None else build_world(c, self.topo.device)
         m = c.model
         policy_options = dict(
@@ -343,8 +344,25 @@ class Trainer:
                         trainer_state=trainer_state if topo.rank == 0 else None, ema_state=ema_state,
                         keep_last=self.config.checkpoint.keep_last)
 
+    def _choose_resume(self, resume: str, allow_changes: Sequence[str]):
+        """Before anything heavy loads: the newest checkpoint intact on every rank (the
+        same on all of them; a damaged one is skipped with one line), and its config
+        compared with this one (allow_changes: keys that may differ)."""
+        from ..checkpoint import check_config_changes, choose_checkpoint, normalise_allowed, read_trainer_state
+
+        topo, current = self.topo, self.config.to_dict()
+        normalise_allowed(allow_changes, current)
+        path = choose_checkpoint(resume, self.config.output_dir, rank=topo.rank, shard_tag=f"tp{topo.tp_rank}",
+                                 world_size=topo.world, layout=self._layout(),
+                                 report=(lambda line: print(line, flush=True)) if self.is_main else None)
+        if path is not None:
+            accepted = check_config_changes(read_trainer_state(path).config, current, allow_changes)
+            if accepted and self.is_main:
+                print(f"[resume] config changes from {path.name}: {'; '.join(accepted)}", flush=True)
+        return path
+
     def load(self, path: str) -> None:
-        from ..checkpoint import load_checkpoint, restore_rng_state
+        from ..checkpoint import apply_optimizer_settings, load_checkpoint, restore_rng_state
 
         topo = self.topo
         ckpt = load_checkpoint(path, rank=topo.rank, shard_tag=f"tp{topo.tp_rank}", world_size=topo.world,
@@ -356,6 +374,9 @@ class Trainer:
                                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         local_optimizer(self.optimizer).load_state_dict(ckpt.optimizer_state["optimizer"])
         self.scheduler.load_state_dict(ckpt.trainer_state.scheduler)
+        t = self.config.train  # the configured values, not the restored ones (they differ only where allowed)
+        apply_optimizer_settings(self.optimizer, self.scheduler, lr=t.lr, betas=t.betas, eps=t.adam_eps,
+                                 weight_decay=t.weight_decay, local=local_optimizer(self.optimizer))
         if self.ema is not None:
             require(ckpt.ema_state is not None, f"resume: checkpoint {path} has no EMA weights but train.ema_decay is set")
             self.ema.load(ckpt.ema_state, self.names)
