@@ -52,7 +52,8 @@ def test_smoke_report_is_well_formed(smoke):
     assert smoke["schema"] == "dancegrpo-gpu-measure/1" and smoke["smoke"] is True
     assert smoke["device"]["type"] == "cpu" and {"mfu", "kernels", "attention"} <= set(smoke)
     stats = list(timings(smoke))
-    assert len(stats) == 2 + 1 + 4 * 2 + 2 * 2 + 1  # DiT passes, copy, 4 ops x fused/eager, 2 passes x 2 paths, mask build
+    # DiT passes, copy, 4 ops x fused/eager, 2 passes x (dense, sliding-tile cached, sliding-tile first call), mask build
+    assert len(stats) == 2 + 1 + 4 * 2 + 2 * 3 + 1
     for s in stats:
         assert len(s["all"]) == smoke["reps"] and all(t > 0 for t in s["all"]) and s["min"] <= s["median"] <= s["max"]
     for name in ("forward", "train_step"):
@@ -71,7 +72,10 @@ def test_smoke_report_is_well_formed(smoke):
     assert a["sequence"] == 2 * 4 * 4 + 8 and 0 <= a["block_mask"]["sparsity"] < 1
     for name in ("forward", "forward_backward"):
         p = a[name]
-        assert p["speedup"] == pytest.approx(p["dense_s"]["median"] / p["sliding_tile_s"]["median"])
+        d, t, build = p["dense_s"]["median"], p["sliding_tile_s"]["median"], a["block_mask"]["build_s"]["median"]
+        assert p["speedup"] == pytest.approx(d / t)
+        assert p["speedup_amortised"] == pytest.approx(d / (t + build / 60)) and a["blocks_per_forward"] == 60
+        assert p["speedup_build_every_call"] == pytest.approx(d / (t + build))
 
 
 def test_flops_are_the_perf_model_count(smoke):

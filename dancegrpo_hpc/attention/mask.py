@@ -22,6 +22,7 @@ class JointMask:
     text_lengths: Optional[torch.Tensor]  # [B] valid text tokens per sample; None = all valid
     grid: Tuple[int, int, int]  # (frames, height, width) of the video token grid
     _prefixes: Optional[Tuple[int, ...]] = field(default=None, repr=False, compare=False)
+    _lengths: Optional[Tuple[int, ...]] = field(default=None, repr=False, compare=False)
 
     @property
     def video_span(self) -> int:
@@ -41,8 +42,17 @@ class JointMask:
             if self.text_lengths is None:
                 self._prefixes = (self.length,) * batch
             else:
-                self._prefixes = tuple(self.video_span + int(n) for n in self.text_lengths.tolist())
+                self._prefixes = tuple(self.video_span + n for n in self.text_lengths_host())
         return self._prefixes
+
+    def text_lengths_host(self) -> Optional[Tuple[int, ...]]:
+        """text_lengths as Python ints (None when absent): read once per forward pass (a
+        host sync on GPU) and cached, so the blocks' attention calls key their caches on it."""
+        if self.text_lengths is None:
+            return None
+        if self._lengths is None:
+            self._lengths = tuple(int(n) for n in self.text_lengths.tolist())
+        return self._lengths
 
     def all_valid(self) -> bool:
         """No invalid key at all: backends may run unmasked."""
