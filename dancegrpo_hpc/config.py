@@ -10,7 +10,9 @@ divisibility; `check_runnable(config)` is what the trainer checks before loading
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, get_args, get_origin, get_type_hints
 
@@ -32,6 +34,7 @@ FP8_RECIPES = ("delayed", "current", "block")
 ADALN_MODES = ("replicated", "column")
 # The real (HunyuanVideo) VAE: 4x in time ((F - 1) / 4 + 1 latent frames), 8x in space.
 VIDEO_VAE_TIME, VIDEO_VAE_SPACE = 4, 8
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 @dataclass
@@ -185,6 +188,9 @@ class Config:
         """Checks that need no world size, weights or file system: choices, ranges and
         which fields go together (path existence: check_paths)."""
         m, s, r, t = self.model, self.sampling, self.rollout, self.train
+        _check_finite(self, "")  # inf / nan in any float field (one update with lr=inf destroys the weights)
+        require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+                f"config: seed must be an integer in [0, 2^63 - 1]; got {self.seed!r}")
         check_choice("config", "model.dtype", m.dtype, DTYPES)
         check_choice("config", "model.attention", m.attention, ATTENTION_BACKENDS)
         check_choice("config", "model.layer_spec", m.layer_spec, LAYER_SPECS)
@@ -201,6 +207,8 @@ class Config:
         _positive_int("rollout.group_size", r.group_size, minimum=2)
         _positive_int("rollout.prompts_per_iteration", r.prompts_per_iteration)
         _positive_int("train.iterations", t.iterations, minimum=0)
+        _positive_int("train.lr_warmup", t.lr_warmup, minimum=0)
+        _positive_int("eval.every", self.eval.every, minimum=0)
         _positive_int("train.updates_per_rollout", t.updates_per_rollout)
         _positive_int("train.epochs", t.epochs)
         _positive_int("rollout.micro_batch", r.micro_batch, minimum=0)
@@ -232,7 +240,12 @@ class Config:
         require(not t.cfg_training or s.cfg_scale > 1,
                 "config: train.cfg_training trains through real CFG; set sampling.cfg_scale > 1 or cfg_training=false")
         require(t.kl_coef >= 0, f"config: train.kl_coef must be >= 0; got {t.kl_coef!r}")
+        require(t.weight_decay >= 0, f"config: train.weight_decay must be >= 0; got {t.weight_decay!r}")
+        for i, beta in enumerate(t.betas):
+            require(0 <= beta < 1, f"config: train.betas[{i}] must lie in [0, 1) (AdamW's moment decay); got {beta!r}")
         require(self.rewards, "config: rewards is empty; name at least one reward (e.g. toy_text_alignment)")
+        for i, spec in enumerate(self.rewards):
+            spec.validate(f"config: rewards[{i}]")
         names = [spec.name for spec in self.rewards]
         require(len(set(names)) == len(names), f"config: rewards lists a name twice: {names}")
         require(m.path is not None or m.preset == "toy",
@@ -344,18 +357,91 @@ def check_paths(config: Config) -> None:
         path = getattr(d, name)
         if path is not None:
             require(os.path.isdir(path), f"config: data.{name} {path!r} is not a directory; give {what}")
+    for i, spec in enumerate(config.rewards):
+        for key, path in reward_paths(spec):
+            require(os.path.exists(path), f"config: rewards[{i}] ({spec.name}): options.{key} {path!r} does not "
+                                          "exist; give the reward model's local file or folder")
+
+
+def reward_paths(spec: RewardSpec) -> List[Tuple[str, str]]:
+    """(option, path) of a reward's options named `path` or `*_path`: local files or folders
+    of its model, checked here before anything loads (the factory checks their contents)."""
+    options = spec.options if isinstance(spec.options, dict) else {}
+    return [(key, os.fspath(value)) for key, value in options.items()
+            if (key == "path" or str(key).endswith("_path")) and isinstance(value, (str, os.PathLike))]
 
 
 def check_runnable(config: Config) -> None:
     """What the trainer checks before it loads anything: every configured path exists
-    (`validate --no-check-paths` may skip that, a run may not). The real-data world then
-    checks the files' contents against each other before loading weights."""
+    (`validate --no-check-paths` may skip that, a run may not), reward model paths
+    included; the rewards are registered; output_dir can be written. The real-data world
+    then checks the files' contents against each other before loading weights."""
     check_paths(config)
+    check_output_dir(config.output_dir)
+    _check_reward_names(config)
     if config.data.source == "prompts" and config.data.image_loader == "dali":
         from .data.real_world import dali_installed
 
         require(dali_installed(), "config: data.image_loader=dali but NVIDIA DALI is not installed; "
                                   "pip install nvidia-dali-cuda120, or set data.image_loader=pil (or auto)")
+
+
+def check_output_dir(path: str) -> None:
+    """output_dir exists (created here) and takes a file, so a run does not fail at its
+    first metrics line or checkpoint after the models have loaded."""
+    require(isinstance(path, str) and path != "", f"config: output_dir must be a folder path; got {path!r}")
+    require(not os.path.isfile(path), f"config: output_dir {path!r} is a file; choose a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"config: output_dir {path!r} cannot be created ({exc.strerror}"
+                         f"{_file_in_the_way(path)}); choose a writable folder") from None
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise InputError(f"config: output_dir {path!r} is not writable ({exc.strerror}); choose a writable folder") \
+            from None
+
+
+def _file_in_the_way(path: str) -> str:
+    """', <ancestor> is a file' when a parent of path is a plain file."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    return f": {parent} is a file" if os.path.isfile(parent) else ""
+
+
+def _check_reward_names(config: Config) -> None:
+    """Every reward (and the process reward) is registered: a typo is found before
+    the models load, not after (their factories check options when they build)."""
+    from .rewards import known_rewards
+
+    known = known_rewards()
+    for i, spec in enumerate(config.rewards):
+        require(spec.name in known, f"config: rewards[{i}].name: unknown reward {spec.name!r}; known rewards: "
+                                    f"{', '.join(known)}")
+    if config.guidance.process_reward is not None:
+        from .rewards.process import known_process_rewards
+
+        names = known_process_rewards()
+        require(config.guidance.process_reward in names,
+                f"config: guidance.process_reward: unknown process reward {config.guidance.process_reward!r}; "
+                f"known: {', '.join(names)}")
+
+
+def _check_finite(node, where: str) -> None:
+    """Every float in the config tree (dataclass fields, lists, tuples) is finite: YAML's
+    .inf / .nan and overflowing literals (1e400) name their dotted key."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _check_finite(item, f"{where}[{i}]")
+    elif isinstance(node, float):
+        require(math.isfinite(node), f"config: {where} must be a finite number; got {node!r}")
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:
@@ -441,8 +527,26 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             require(isinstance(node, dict), f"config override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = parse_yaml(raw, f"config override {item!r}", value=True) if raw.strip() else ""
     return data
+
+
+def parse_yaml(text: str, where: str, value: bool = False):
+    """yaml.safe_load, with a syntax error as one line: where, line and column, problem.
+    value: text is an override's value (one line: the column alone)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        if mark is not None:
+            line, column = mark.line + 1, mark.column + 1
+        else:  # a ReaderError (a control character) knows only its offset
+            offset = getattr(exc, "position", 0) or 0
+            line = text.count("\n", 0, offset) + 1
+            column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        at = f"column {column} of the value" if value else f"line {line}, column {column}"
+        raise InputError(f"{where}: malformed YAML at {at}: {' '.join(str(problem).split())}") from None
 
 
 def _defaults_dict() -> Dict[str, Any]:
@@ -481,11 +585,25 @@ def _reward_spec(item, index: int) -> RewardSpec:
 def load_config(path: Optional[str], overrides: Sequence[str] = (), paths: bool = True) -> Config:
     data: Dict[str, Any] = {}
     if path is not None:
-        require(os.path.isfile(path), f"config file {path!r} does not exist")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = parse_yaml(_read_text(path), f"config file {path}") or {}
         require(isinstance(data, dict), f"config file {path}: top level must be a mapping")
     return config_from_dict(apply_overrides(data, overrides), paths=paths)
+
+
+def _read_text(path: str) -> str:
+    """A config file's text; missing, unreadable or non-UTF-8 files fail with one line."""
+    require(os.path.isfile(path), f"config file {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise InputError(f"config file {path!r} cannot be read ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"config file {path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                         "save it as UTF-8") from None
 
 
 def dump_yaml(config: Config) -> str:
@@ -494,4 +612,5 @@ def dump_yaml(config: Config) -> str:
 
 __all__ = ["Config", "ModelConfig", "ParallelConfig", "DataConfig", "SamplingConfig", "RolloutConfig", "TrainConfig",
            "CheckpointConfig", "LoggingConfig", "EvalConfig", "GuidanceConfig", "load_config", "config_from_dict", "apply_overrides",
-           "check_layout", "check_paths", "check_runnable", "dump_yaml", "InputError"]
+           "check_layout", "check_paths", "check_runnable", "check_output_dir", "dump_yaml", "parse_yaml",
+           "InputError"]

@@ -234,6 +234,76 @@ def estimate_memory(config: Config, world_size: int, model=None) -> Dict[str, in
     return out
 
 
-__all__ = ["estimate_memory", "model_config", "latent_shape", "text_tokens", "video_tokens", "dit_parameters",
+# What lowers each term most directly (the memory check's advice names the largest term's).
+_ADVICE = {
+    "parameters": "raise parallel.tensor or use model.dtype=bfloat16",
+    "gradients": "raise parallel.tensor or use model.dtype=bfloat16",
+    "optimizer": "keep parallel.zero=true over more data-parallel ranks, or raise parallel.tensor",
+    "ema": "unset train.ema_decay",
+    "reference": "set train.kl_coef=0",
+    "rollout_latents": "lower rollout.group_size / rollout.prompts_per_iteration / sampling.steps, or set "
+                       "rollout.buffer_device=cpu",
+    "rollout_log_probs": "lower rollout.group_size / rollout.prompts_per_iteration",
+    "conditioning": "lower rollout.group_size / rollout.prompts_per_iteration",
+    "activations": "set train.micro_batch to fewer samples per training forward, model.activation_checkpointing=1, "
+                   "or fewer data.frames / height / width",
+    "rollout_forward": "set a smaller rollout.micro_batch, or fewer data.frames / height / width",
+}
+
+
+def _size(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def available_ram() -> int:
+    """Bytes of host memory a new allocation can take without swapping (Linux: MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def available_memory(device) -> Tuple[int, str]:
+    """(bytes, what) this rank can still allocate: free GPU memory on a CUDA device,
+    available RAM on the CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free, f"free memory on GPU {device.index if device.index is not None else torch.cuda.current_device()}"
+    return available_ram(), "available RAM on this machine"
+
+
+def check_memory(config: Config, world_size: int, device, local_ranks: int = 1, available=None) -> Dict[str, int]:
+    """Refuses a run whose per-rank estimate (estimate_memory, a lower bound: it leaves out
+    the VAE, text encoders and reward models) exceeds what the device has free, before
+    any weights load. On the CPU the `local_ranks` ranks of this machine share its RAM.
+    available: (bytes, what), instead of asking the device (tests). Returns the estimate."""
+    estimate = estimate_memory(config, world_size)
+    cuda = str(device).startswith("cuda")
+    # on a GPU the device holds `total`; on the CPU RAM holds it and the pinned buffer, for every local rank
+    need = estimate["total"] if cuda else (estimate["total"] + estimate["host_pinned"]) * local_ranks
+    have, what = available if available is not None else available_memory(device)
+    if need <= have:
+        return estimate
+    terms = {k: v for k, v in estimate.items() if k not in ("total", "host_pinned")}
+    if estimate["activations"] >= estimate["rollout_forward"]:
+        terms.pop("rollout_forward")  # training and rollout alternate: only the larger one counts
+    else:
+        terms.pop("activations")
+    largest = max(terms, key=terms.get)
+    ranks = f" for {local_ranks} ranks on this machine" if not cuda and local_ranks > 1 else " per rank"
+    raise InputError(
+        f"memory: the run needs at least {_size(need)}{ranks} by the estimate (largest term: {largest} "
+        f"{_size(terms[largest])}; `dancegrpo-hpc validate` lists them all) but {what} is {_size(have)}; "
+        f"{_ADVICE[largest]}, or pass --no-memory-check if the estimate is wrong for this machine")
+
+
+__all__ = ["estimate_memory", "check_memory", "available_memory", "model_config", "latent_shape", "text_tokens", "video_tokens", "dit_parameters",
            "parameter_counts",
            "batch_sizes", "GIB"]

@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-change", action="append", default=[], metavar="KEY",
                         help="on resume, let config KEY (e.g. train.lr, or a section such as train) differ from the "
                              "checkpoint's; repeatable. Without it a change that breaks the exact resume is refused")
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="start even when the memory estimate exceeds this device's free memory (the estimate "
+                             "is a model: for a machine it misjudges, e.g. with swap or memory freed by the time "
+                             "the run allocates)")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -52,7 +56,9 @@ def run(args) -> int:
             return _serve_rewards(config, pool)
     from .rl.trainer import Trainer
 
-    trainer = Trainer(config, resume=args.resume, reward_pool=pool, allow_changes=getattr(args, "allow_change", ()))
+    trainer = Trainer(config, resume=args.resume, reward_pool=pool,
+                      check_memory=not getattr(args, "no_memory_check", False),
+                      allow_changes=getattr(args, "allow_change", ()))
     try:
         trainer.train()
     finally:

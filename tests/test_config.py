@@ -109,10 +109,64 @@ def test_choice_mirrors_match_the_model_registries():
     (["data.vae=/tmp"], "data.vae"),  # a real-data field with the toy world
     (["data.source=prompts", "data.vae=/tmp"], "data.prompts"),
     (["rewards=[]"], "rewards"),
+    # issue 13: out-of-range values that were accepted
+    ([f"seed={2**63}"], "seed"),  # torch seeds are signed 64-bit
+    (["seed=-1"], "seed"),
+    (["train.betas=[1.0, 0.999]"], "train.betas[0]"),  # AdamW needs each beta in [0, 1)
+    (["train.betas=[0.9, -0.1]"], "train.betas[1]"),
+    (["train.weight_decay=-1e-4"], "train.weight_decay"),
+    (["train.lr_warmup=-1"], "train.lr_warmup"),
+    (["eval.every=-1"], "eval.every"),
+    (["train.lr=0"], "train.lr"),
+    (["train.lr=-1e-5"], "train.lr"),
+    (["train.lr=.inf"], "train.lr"),  # accepted before: one update destroyed the weights
+    (["train.lr=1e400"], "train.lr"),  # YAML reads it as a string; float() overflows to inf
+    (["train.lr=.nan"], "train.lr"),
+    (["rewards=[{name: toy_motion, weight: -1}]"], "rewards[0]"),  # checked here, not after the DiT loads
 ])
 def test_config_errors_name_the_field(overrides, field):
     message = error_of(load_config, None, overrides)
     assert field in message and message.startswith("config"), message
+
+
+def test_boundary_values_are_accepted():
+    config = load_config(None, [f"seed={2**63 - 1}", "train.betas=[0.0, 0.999]", "train.weight_decay=0",
+                                "train.lr_warmup=0", "eval.every=0"])
+    assert config.seed == 2**63 - 1 and config.train.betas == (0.0, 0.999) and config.train.weight_decay == 0.0
+
+
+def _float_fields(cls, prefix=""):
+    """Dotted names of every float / Optional[float] field of the config tree."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint, name = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            yield from _float_fields(hint, name + ".")
+        elif hint is float or (typing.get_origin(hint) is typing.Union and float in typing.get_args(hint)):
+            yield name
+
+
+FLOAT_FIELDS = sorted(_float_fields(Config))
+
+
+def test_every_float_field_is_found():
+    assert len(FLOAT_FIELDS) >= 18 and "train.lr" in FLOAT_FIELDS and "guidance.scale" in FLOAT_FIELDS
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_every_float_field_must_be_finite(field, value):
+    message = error_of(load_config, None, [f"{field}={value}"])
+    assert message.startswith(f"config: {field} must be a finite number"), message
+
+
+def test_non_finite_list_and_reward_floats_name_their_place():
+    assert "train.betas[1] must be a finite" in error_of(load_config, None, ["train.betas=[0.9, .nan]"])
+    assert "rewards[0].weight must be a finite" in error_of(load_config, None,
+                                                            ["rewards=[{name: toy_motion, weight: .inf}]"])
 
 
 def test_real_data_requirements(tmp_path):

@@ -124,3 +124,16 @@ def test_subset_and_missing_image_check_off(tmp_path):
     ps = load_prompts(write(tmp_path / "i.csv", "prompt,image\na,x.png\n"), check_images=False)
     assert ps.reference_images == [os.path.join(str(tmp_path), "x.png")]
     assert isinstance(ps.subset([0]), PromptSet) and ps.subset([]).prompts == []
+
+
+@pytest.mark.parametrize("name, body, line", [
+    ("latin.txt", b"a cat\nna\xefve dog\n", 2),
+    ("latin.csv", b"prompt,uuid\na cat,1\nna\xefve dog,2\n", 3),
+    ("latin.jsonl", b'{"prompt": "a cat"}\n{"prompt": "na\xefve dog"}\n', 2),
+    ("header.csv", b"pr\xf6mpt\na cat\n", 1),  # the header row is read before the rows
+])
+def test_non_utf8_prompt_file_is_one_line_naming_file_and_line(tmp_path, name, body, line):
+    """A Latin-1 prompt file gave a UnicodeDecodeError traceback mid-read, without the file."""
+    (tmp_path / name).write_bytes(body)
+    message = one_line_error("not UTF-8 text", load_prompts, str(tmp_path / name))
+    assert name in message and f"on line {line}" in message and "save it as UTF-8" in message, message

@@ -75,7 +75,8 @@ def _read(out: str) -> dict:
             if "eval_reward" in row:
                 curve.append((row["iteration"], row["eval_reward"]))
     curve.append((summary["iterations"], summary["reward_after"]))
-    return {"curve": curve, "wall_s": summary["wall_s"]}
+    # null: an evaluation where no held-out sample scored is no point of the curve
+    return {"curve": [(it, r) for it, r in curve if r is not None], "wall_s": summary["wall_s"]}
 
 
 def first_reaching(curve, target, sustained: bool = False):

@@ -143,6 +143,26 @@ def load_prompts(path: str, field: Optional[str] = None, image_field: Optional[s
     ext = os.path.splitext(path)[1].lower()
     require(ext in EXTENSIONS, f"prompt file {path}: unknown extension {ext or '(none)'!r}; use "
                                f"{', '.join(EXTENSIONS)}")
+    try:
+        return _load(path, ext, field, image_field, check_images, image_root)
+    except UnicodeDecodeError:  # raised mid-read by the text readers, without the line
+        raise InputError(f"prompt file {path}: not UTF-8 text ({_first_undecodable(path)}); save it as UTF-8") \
+            from None
+
+
+def _first_undecodable(path: str) -> str:
+    """Where a file stops being UTF-8: 'byte 0x.. on line n' (a newline never sits inside a character)."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"byte 0x{line[exc.start]:02x} on line {n}"
+    return "an undecodable byte"
+
+
+def _load(path: str, ext: str, field: Optional[str], image_field: Optional[str], check_images: bool,
+          image_root: Optional[str]) -> PromptSet:
     prompt_field = field or PROMPT_FIELD
     if ext == ".txt":
         require(field is None and image_field is None,

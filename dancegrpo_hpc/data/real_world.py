@@ -20,7 +20,7 @@ import torch
 from ..checks import InputError, require
 from ..models.hunyuan_video.config import HunyuanVideoConfig, preset
 from ..rl.policy import Conditioning
-from .prompts import load_prompt_split
+from .prompts import load_prompts, split_prompts
 from .world import World
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -117,7 +117,11 @@ class PromptWorld(World):
         self.image_model = is_image_model(self.model_config)
         # token_replace: the image latent is frame 0 of the video, the state only the frames after it
         self.image_frames = int(self.model_config.image_condition_type == "token_replace")
-        split = load_prompt_split(d.prompts, eval_count=d.eval_prompts, seed=config.seed, image_root=d.reference_images)
+        prompts = load_prompts(d.prompts, image_root=d.reference_images)
+        require(d.eval_prompts < len(prompts),
+                f"config: data.eval_prompts={d.eval_prompts} leaves no prompt to train on: data.prompts has "
+                f"{len(prompts)} prompts (after deduplication); set data.eval_prompts <= {len(prompts) - 1}")
+        split = split_prompts(prompts, eval_count=d.eval_prompts, seed=config.seed)
         self.train_prompts, self.eval_prompts = list(split.train.prompts), list(split.eval.prompts)
         self.images = self._image_paths(split) if self.image_model else {}
         vae_config = _read_json(d.vae, "data.vae", "a diffusers AutoencoderKLHunyuanVideo folder")

@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ..checks import require
 from ..rl.policy import Conditioning
 
 
@@ -42,7 +43,11 @@ class ToyWorldAdapter(World):
         self.text = ToyTextEncoder.for_model(self.model_config) if hasattr(ToyTextEncoder, "for_model") else ToyTextEncoder()
         self.vae = ToyVAE()
         self.train_prompts = self.world.prompts("train")
-        self.eval_prompts = self.world.prompts("eval")[: d.eval_prompts]
+        held_out = self.world.prompts("eval")
+        require(d.eval_prompts <= len(held_out),
+                f"config: data.eval_prompts={d.eval_prompts} but the toy world has {len(held_out)} held-out "
+                f"prompts; set data.eval_prompts <= {len(held_out)}")
+        self.eval_prompts = held_out[: d.eval_prompts]
         probe = self.vae.encode(torch.zeros(1, d.frames, 3, d.height, d.width))
         self.latent_shape = tuple(probe.shape[1:])
 

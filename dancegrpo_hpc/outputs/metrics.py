@@ -1,5 +1,6 @@
 """metrics.jsonl (one JSON object per iteration, durable line by line) and the
-matching TensorBoard scalars."""
+matching TensorBoard scalars. Strict JSON: a NaN or infinite value (e.g. reward_mean
+when every group was dropped) is written as null."""
 
 from __future__ import annotations
 
@@ -57,6 +58,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def strict_json(value: Any) -> Any:
+    """NaN and +-inf become None (JSON null): json.dumps would write bare NaN / Infinity,
+    which strict JSON parsers (jq, JavaScript, Go) reject."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _scalars(metrics: Dict[str, Any], prefix: str = ""):
     """(tag, number) pairs; nested dicts become tag/subtag."""
     for key, value in metrics.items():
@@ -108,9 +121,9 @@ class MetricsLog:
         require(isinstance(iteration, int) and (self.last_iteration is None or iteration > self.last_iteration),
                 f"metrics: iteration must be an int above the last logged one ({self.last_iteration}); "
                 f"got {iteration!r}")
-        record = {"iteration": iteration, **_plain(dict(metrics))}
+        record = strict_json({"iteration": iteration, **_plain(dict(metrics))})
         try:
-            line = json.dumps(record)
+            line = json.dumps(record, allow_nan=False)
         except TypeError as error:
             raise InputError(f"metrics: values must be numbers, strings, lists or dicts ({error})") from None
         self._file.write(line + "\n")

@@ -9,15 +9,17 @@ from typing import Any, Dict
 
 from ..checks import InputError, require
 from ..checkpoint.atomic import write_text_atomic
+from .metrics import strict_json
 
 SUMMARY_FILE = "summary.json"
 REQUIRED_KEYS = ("reward_before", "reward_after", "iterations", "wall_s")
 
 
 def write_summary(output_dir, summary: Dict[str, Any]) -> Path:
-    """Writes <output_dir>/summary.json atomically (a reader never sees half of it)."""
+    """Writes <output_dir>/summary.json atomically (a reader never sees half of it), as
+    strict JSON: a reward computed from no valid sample is None (null), as is NaN."""
     try:
-        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        text = json.dumps(strict_json(summary), indent=2, sort_keys=True, allow_nan=False) + "\n"
     except TypeError as error:
         raise InputError(f"summary: values must be numbers, strings, lists or dicts ({error})") from None
     path = Path(output_dir) / SUMMARY_FILE
@@ -40,13 +42,18 @@ def _duration(seconds: float) -> str:
 
 
 def format_summary_line(summary: Dict[str, Any]) -> str:
-    """e.g. 'reward 0.4120 -> 0.5380 (+30.6%) in 200 iterations, 1h02m05s'."""
+    """e.g. 'reward 0.4120 -> 0.5380 (+30.6%) in 200 iterations, 1h02m05s'; a reward that is
+    None (no held-out sample scored) reads 'none (no valid samples)'."""
     missing = [key for key in REQUIRED_KEYS if key not in summary]
     require(not missing, f"summary: missing {', '.join(missing)}; a summary needs {', '.join(REQUIRED_KEYS)}")
-    before, after = float(summary["reward_before"]), float(summary["reward_after"])
-    if before != 0 and math.isfinite(before) and math.isfinite(after):
+    before, after = (None if summary[k] is None else float(summary[k]) for k in ("reward_before", "reward_after"))
+    if before is not None and after is not None and before != 0 and math.isfinite(before) and math.isfinite(after):
         change = f"{100 * (after - before) / abs(before):+.1f}%"
     else:
         change = "relative change n/a"
-    return (f"reward {before:.4f} -> {after:.4f} ({change}) in {int(summary['iterations'])} iterations, "
+    return (f"reward {_reward(before)} -> {_reward(after)} ({change}) in {int(summary['iterations'])} iterations, "
             f"{_duration(float(summary['wall_s']))}")
+
+
+def _reward(value) -> str:
+    return "none (no valid samples)" if value is None else f"{value:.4f}"

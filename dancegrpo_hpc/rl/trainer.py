@@ -92,15 +92,29 @@ def _console(metrics: Dict) -> Dict:
     return shown
 
 
+def eval_line(when: str, ev: Dict) -> str:
+    """'[eval] WHEN: held-out reward R' and, when samples failed, how many, by which reward,
+    and the first error; R reads 'none (no valid samples)' when every sample failed."""
+    reward = "none (no valid samples)" if ev["reward"] is None else f"{ev['reward']:.4f}"
+    line = f"[eval] {when}: held-out reward {reward}"
+    failed = ev.get("failed", 0)
+    if failed:
+        by_reward = ", ".join(f"{n}: {k}" for n, k in ev["failed_by_reward"].items()) or "all rewards"
+        line += (f"; {failed} of {failed + ev['samples']} held-out samples failed ({by_reward}), "
+                 f"first error: {ev['first_error']}")
+    return line
+
+
 def _to_dtype(name: Optional[str]) -> Optional[torch.dtype]:
     return {None: None, "float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 class Trainer:
-    def __init__(self, config: Config, resume: str = "none", world=None, reward_pool=None,
+    def __init__(self, config: Config, resume: str = "none", world=None, reward_pool=None, check_memory: bool = True,
                  allow_changes: Sequence[str] = ()):
         """world: a data.World to use instead of the one config.data names (tests, embedding);
-        reward_pool: rewards.pool.RewardPool when rollout.reward_ranks > 0.
+        reward_pool: rewards.pool.RewardPool when rollout.reward_ranks > 0; check_memory:
+        refuse a run whose memory estimate exceeds this device's free memory (config's world only).
         allow_changes: config keys (or sections) that may differ from the resumed checkpoint's."""
         from ..attention import AttentionConfig
         from ..data import build_world
@@ -113,6 +127,11 @@ class Trainer:
             check_runnable(c)
         self.topo = Topology.create(c)
         check_layout(c, self.topo.world)
+        if world is None and check_memory:  # before the world, the DiT and the rewards load
+            from ..memory import check_memory as check_memory_fits
+
+            check_memory_fits(c, self.topo.world, self.topo.device,
+                              local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         self.resume_path = self._choose_resume(resume, allow_changes)
         self.world = world if world is not None else build_world(c, self.topo.device)
         m = c.model
@@ -284,7 +303,10 @@ class Trainer:
         k = c.eval.samples_per_prompt
         sigmas = flow_sigmas(c.sampling.steps, c.sampling.shift).to(torch.float64)
         names = list(self.weights)
-        sums = torch.zeros(len(names) + 2, dtype=torch.float64)
+        r = len(names)
+        # one all-reduce: [weighted total, each reward's sum, valid samples, failed samples, each reward's failures]
+        sums = torch.zeros(2 * r + 3, dtype=torch.float64)
+        first_error = None
         videos = []
         if self.ema is not None:
             self.ema.swap()
@@ -303,17 +325,34 @@ class Trainer:
                 sums[0] += float(total[ok].sum())
                 for j, n in enumerate(names):
                     sums[1 + j] += float(res.scores[n][ok].sum())
-                sums[-1] += int(ok.sum())
+                    sums[r + 3 + j] += int(torch.isnan(res.scores[n].float()).sum())  # NaN: that reward failed
+                sums[r + 1] += int(ok.sum())
+                sums[r + 2] += int(res.failed.sum())
+                if first_error is None and res.errors:
+                    first_error = res.errors[0]
                 if len(videos) < keep_videos:
                     videos.append(decoded[0])
         finally:
             if self.ema is not None:
                 self.ema.swap()
-        sums = topo.sum(sums.to(topo.device)).cpu()
-        count = max(1.0, float(sums[-1]))
-        out = {"reward": float(sums[0]) / count}
-        out.update({f"reward_{n}": float(sums[1 + j]) / count for j, n in enumerate(names)})
+        sums = topo.sum(sums.to(topo.device)).cpu().tolist()
+        valid, failed = int(sums[r + 1]), int(sums[r + 2])
+        # no valid sample: no number (None -> null in summary.json), never a mean of nothing
+        out = {"reward": sums[0] / valid if valid else None}
+        out.update({f"reward_{n}": sums[1 + j] / valid if valid else None for j, n in enumerate(names)})
+        out.update(samples=valid, failed=failed)
+        if failed:  # every rank joins: the counts are global
+            out["failed_by_reward"] = {n: int(sums[r + 3 + j]) for j, n in enumerate(names) if sums[r + 3 + j]}
+            out["first_error"] = self._first_across_ranks(first_error)
         return out, (torch.stack(videos) if videos else None)
+
+    def _first_across_ranks(self, line: Optional[str]) -> Optional[str]:
+        """The first data-parallel rank's line that is not None (a collective over the dp group)."""
+        if self.topo.dp == 1:
+            return line
+        lines = [None] * self.topo.dp
+        dist.all_gather_object(lines, line, group=self.topo.dp_group)
+        return next((x for x in lines if x is not None), None)
 
     # ------------------------------------------------------------------------------------------
     def _checkpoint_states(self):
@@ -405,7 +444,7 @@ class Trainer:
             if self.is_main and videos is not None:
                 torch.save(videos, os.path.join(c.output_dir, "videos_before.pt"))
             if self.is_main:
-                print(f"[eval] before training: held-out reward {before['reward']:.4f}", flush=True)
+                print(eval_line("before training", before), flush=True)
         bar = TrainingProgress(c.train.iterations, start=self.iteration, rank=self.topo.rank,
                                print_lines=c.logging.progress)
         last_saved = self.iteration
@@ -413,7 +452,11 @@ class Trainer:
             metrics = self.run_iteration(it)
             if c.eval.every and (it + 1) % c.eval.every == 0 and it + 1 < c.train.iterations:
                 ev, _ = self.evaluate()
-                metrics["eval_reward"] = ev["reward"]
+                metrics["eval_reward"] = ev["reward"]  # None when no held-out sample scored
+                if ev["failed"]:
+                    metrics["eval_failed"] = ev["failed"]
+                    if self.is_main:
+                        print(eval_line(f"iteration {it + 1}", ev), flush=True)
             self.history.append(metrics)
             self.iteration = it + 1
             if log is not None:
@@ -426,6 +469,8 @@ class Trainer:
                 last_saved = self.iteration
         bar.close()
         after, videos = self.evaluate(keep_videos=grid_n)
+        if self.is_main and after["failed"]:
+            print(eval_line("after training", after), flush=True)
         self._accumulate_wall(start)
         if last_saved != self.iteration or self.iteration == 0:
             self.save(self.iteration)
