@@ -214,3 +214,18 @@ def test_bad_lengths_and_head_ids_name_the_field():
         run(joint([5, 2]))
     with pytest.raises(InputError, match="head_ids has 3 entries for 4 heads"):
         run(joint(), window=PER_HEAD, head_ids=torch.tensor([0, 1, 2]))
+
+
+def test_cache_lookups_stay_out_of_a_compiled_graph(builds):
+    """Under regional torch.compile the blocks call attention from inside a graph: the host-side
+    lookups run eagerly (torch.compiler.disable), still hit the cache, and the output is eager's."""
+    mask = joint([5, 2, 4])
+    q, k, v = qkv(mask)
+    cfg = AttentionConfig("sliding_tile", tile=TILE, window=(3, 1, 1))
+    compiled = torch.compile(lambda q, k, v, m: st.sliding_tile_attention(q, k, v, m, cfg), backend="eager")
+    with torch.no_grad():
+        want = st.sliding_tile_attention(q, k, v, mask, cfg)
+        for _ in range(3):
+            got = compiled(q, k, v, joint([5, 2, 4]))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert builds["block"] == 1 and st.BLOCK_MASKS.hits == 3

@@ -282,27 +282,33 @@ def _flex(q, k, v, block):
         return flex_attention(q, k, v, block_mask=block)
 
 
-def sliding_tile_attention(q, k, v, mask: JointMask, config, head_ids=None, force_dense: bool = False):
-    """q, k, v: [B, S, H, D] in the joint order with video in raster order."""
+@torch.compiler.disable
+def _prepare(mask: JointMask, config, head_ids, batch: int, heads: int, device, dense: bool):
+    """(to_tiles, to_raster, mask): host-side cache lookups, kept out of torch.compile's
+    graph when the blocks are compiled (one opaque call instead of tracing the caches)."""
     layout = tile_layout(mask.grid, config.tile)
     require(layout.to_tiles.numel() == mask.video_tokens,
             f"sliding_tile attention: grid {mask.grid} has {layout.to_tiles.numel()} tokens but the sequence has "
             f"{mask.video_tokens} video tokens")
+    to_tiles, to_raster = permutations(layout.grid, layout.tile, device)
+    spec = MaskSpec.of(mask, layout.tile, window_rows(config.window, heads, head_ids), batch)
+    built = cached_dense_mask(spec, batch, heads, device) if dense else cached_block_mask(spec, device)
+    return to_tiles, to_raster, built
+
+
+def sliding_tile_attention(q, k, v, mask: JointMask, config, head_ids=None, force_dense: bool = False):
+    """q, k, v: [B, S, H, D] in the joint order with video in raster order."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    dense = force_dense or (q.device.type == "cpu" and needs_grad)
+    to_tiles, to_raster, built = _prepare(mask, config, head_ids, q.shape[0], q.shape[2], q.device, dense)
     nv = mask.video_tokens
-    to_tiles, to_raster = permutations(layout.grid, layout.tile, q.device)
 
     def tiled(x):  # [B, S, H, D] -> [B, H, S, D], video part in tile order
         x = torch.cat([x[:, :nv].index_select(1, to_tiles), x[:, nv:]], dim=1)
         return x.transpose(1, 2)
 
     qt, kt, vt = tiled(q), tiled(k), tiled(v)
-    batch, heads = q.shape[0], q.shape[2]
-    spec = MaskSpec.of(mask, layout.tile, window_rows(config.window, heads, head_ids), batch)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if force_dense or (q.device.type == "cpu" and needs_grad):
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=cached_dense_mask(spec, batch, heads, q.device))
-    else:
-        out = _flex(qt, kt, vt, cached_block_mask(spec, q.device))
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=built) if dense else _flex(qt, kt, vt, built)
     out = out.transpose(1, 2)
     return torch.cat([out[:, :nv].index_select(1, to_raster), out[:, nv:]], dim=1)
 
