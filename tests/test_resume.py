@@ -3,6 +3,7 @@ with one line and the run then continues exactly as an uninterrupted one; no int
 checkpoint is one line; a config change that breaks the exact resume is refused
 unless allowed, and an allowed lr change takes effect."""
 
+import io
 import json
 import random
 import shutil
@@ -10,9 +11,11 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from dist_utils import run_ranks
 from trainer_utils import TinyWorld, tiny_config
 
 from dancegrpo_hpc import train as train_cli
+from dancegrpo_hpc.checkpoint import check_config_changes
 from dancegrpo_hpc.checks import InputError
 from dancegrpo_hpc.rl.trainer import Trainer
 
@@ -156,6 +159,26 @@ def test_a_changed_config_is_refused_in_one_line_naming_keys_and_flag(reference,
         Trainer(tiny_config(out), resume="auto", world=TinyWorld(), allow_changes=["train.lr", "trian.lr"])
 
 
+def test_config_comparison_rules():
+    saved = {"seed": 0, "train": {"lr": 1e-3, "betas": [0.9, 0.999], "iterations": 5, "removed": 1},
+             "parallel": {"tensor": 2}, "rewards": [{"name": "a", "weight": 1.0}]}
+    current = {"seed": 0, "train": {"lr": 1e-3, "betas": (0.9, 0.999), "iterations": 9, "added": 2},
+               "parallel": {"tensor": 1}, "rewards": [{"name": "a", "weight": 1.0}]}
+    # tuples equal lists, keys one side lacks are not compared, parallel.* is the layout check's
+    assert check_config_changes(saved, current) == ["train.iterations 5 -> 9"]
+    changed = dict(current, seed=3, train=dict(current["train"], lr=0.01), rewards=[{"name": "b", "weight": 1.0}])
+    with pytest.raises(InputError) as error:
+        check_config_changes(saved, changed)
+    assert ('in rewards ([{"name": "a", "weight": 1.0}] -> [{"name": "b", "weight": 1.0}]), seed (0 -> 3), '
+            "train.lr (0.001 -> 0.01); ") in str(error.value)
+    # a section allows its keys; flags may list several keys separated by commas
+    assert check_config_changes(saved, changed, ["train", "seed,rewards"]) == [
+        'rewards [{"name": "a", "weight": 1.0}] -> [{"name": "b", "weight": 1.0}]', "seed 0 -> 3",
+        "train.iterations 5 -> 9", "train.lr 0.001 -> 0.01"]
+    with pytest.raises(InputError, match="parallel layout cannot change on resume"):
+        check_config_changes(saved, current, ["parallel.tensor"])
+
+
 def test_allow_change_reaches_the_trainer_from_the_command_line(monkeypatch, tmp_path):
     seen = {}
 
@@ -212,3 +235,64 @@ def test_bookkeeping_keys_change_freely_and_the_resume_stays_exact(reference, tm
             "eval.every 0 -> 5; logging.progress false -> true") in printed
     for key in COMPARED:
         assert _metrics(out)[1][key] == _metrics(reference)[1][key], key
+
+
+def _zero_resume_third_step(rank, world_size):
+    """Two ranks, ZeRO-1 AdamW with a 4-step lr warmup: 2 steps, a save, a third
+    step; then a fresh optimizer resumed from the save (with and without
+    apply_optimizer_settings) takes the third step: its lr, and whether it matches."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    return [_resume_third_step(apply_settings) for apply_settings in (True, False)]
+
+
+def _resume_third_step(apply_settings):
+    from dancegrpo_hpc.checkpoint import apply_optimizer_settings
+    from dancegrpo_hpc.rl.optim import build_optimizer, local_optimizer, warmup_schedule
+
+    settings = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    def build():
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(2)]  # one per rank's shard
+        optimizer = build_optimizer(params, group=None, zero=True, **settings)
+        return params, optimizer, warmup_schedule(optimizer, 4)
+
+    def step(params, optimizer, scheduler, i):
+        for k, p in enumerate(params):
+            p.grad = torch.full_like(p, 0.1 * (i + 1 + k))
+        optimizer.step()
+        scheduler.step()
+
+    params, optimizer, scheduler = build()
+    for i in range(2):
+        step(params, optimizer, scheduler, i)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": local_optimizer(optimizer).state_dict(), "scheduler": scheduler.state_dict(),
+                "params": [p.detach().clone() for p in params]}, buffer)
+    step(params, optimizer, scheduler, 2)
+
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed, optimizer, scheduler = build()
+    with torch.no_grad():
+        for p, value in zip(resumed, saved["params"]):
+            p.copy_(value)
+    local_optimizer(optimizer).load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if apply_settings:
+        apply_optimizer_settings(optimizer, scheduler, local=local_optimizer(optimizer), **settings)
+    lr = optimizer.param_groups[0]["lr"]
+    step(resumed, optimizer, scheduler, 2)
+    return lr, all(torch.equal(a, b) for a, b in zip(resumed, params))
+
+
+@pytest.mark.distributed
+def test_zero_resume_continues_the_warmup_lr_of_the_restored_step():
+    """ZeRO's wrapper groups keep the lr of the schedule's first step and overwrite
+    the restored inner groups at every step: the resume sets both (warmup factor
+    min(1, (2 + 1) / 4) after two steps)."""
+    for with_settings, without in run_ranks(2, _zero_resume_third_step):
+        assert with_settings == (1e-3 * 0.75, True)
+        assert without == (1e-3 * 0.25, False)  # the first step's lr: not the uninterrupted third step
