@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -65,26 +65,53 @@ class CMakeBuild(build_ext):
         subprocess.check_call([cmake, "--build", str(build_dir), "-j", jobs])
 
 
-setup(
-    name="dancegrpo-hpc",
-    version="0.1.0",
-    description="High-performance GRPO alignment of video flow-matching models (DanceGRPO, Euphonium)",
-    packages=find_packages(include=["dancegrpo_hpc", "dancegrpo_hpc.*"]),
-    python_requires=">=3.10",
-    ext_modules=[Extension("dancegrpo_hpc._C", sources=[])],
-    cmdclass={"build_ext": CMakeBuild},
-    install_requires=["torch>=2.4", "numpy", "megatron-core>=0.16", "safetensors", "tensorboard", "matplotlib"],
-    extras_require={
-        "gpu": ["transformer-engine[pytorch]", "flash-attn", "xformers", "nvidia-dali-cuda120"],
-        # Real reward models (dancegrpo_hpc/rewards): CLIP, PickScore, HPS-v2.1 and VideoAlign all run
-        # on transformers. No open-clip-torch: HPS's open_clip weights are converted to transformers'
-        # CLIPModel at load time, since open_clip needs torchvision (no CPU build on our machines).
-        "rewards": ["transformers>=5", "safetensors"],
-        # Tests of the image / video loaders (dancegrpo_hpc/data/dali_loading.py): DALI's CPU pipelines
-        # run without a GPU, checked against the PIL / PyAV reference; DALI ships Linux wheels only.
-        "dev": ["pytest>=7", "pytest-timeout", "diffusers", "transformers>=5", "pillow", "av",
-                "nvidia-dali-cuda120; platform_system == 'Linux'"],
-    },
-    entry_points={"console_scripts": ["dancegrpo-hpc=dancegrpo_hpc.cli:main"]},
-    zip_safe=False,
-)
+# Everything the package imports at module level, and what the quick start runs (the toy world,
+# its outputs): tests/test_install.py imports every module in a venv holding only these.
+INSTALL_REQUIRES = [
+    "torch>=2.4", "numpy", "megatron-core>=0.16", "safetensors",
+    "pyyaml",       # configs (dancegrpo_hpc/config.py)
+    "tqdm",         # the console progress bar (dancegrpo_hpc/outputs/progress.py)
+    "tensorboard",  # metrics events
+    "matplotlib",   # reward_curve.png
+    "pillow",       # samples.gif, reference images
+]
+# The real-data path (data.source: prompts; tools/make_tiny_real.py): diffusers' HunyuanVideo VAE and
+# the transformers text encoders. An extra, not a core dependency: the toy quick start needs neither,
+# and they pull in a large tree (huggingface-hub, tokenizers, regex, ...). A missing one is reported in
+# one line naming this extra (dancegrpo_hpc/extras.py).
+REAL = ["diffusers", "transformers>=5"]
+EXTRAS_REQUIRE = {
+    "gpu": ["transformer-engine[pytorch]", "flash-attn", "xformers", "nvidia-dali-cuda120"],
+    "real": REAL,
+    # Real reward models (dancegrpo_hpc/rewards): CLIP, PickScore, HPS-v2.1 and VideoAlign all run
+    # on transformers. No open-clip-torch: HPS's open_clip weights are converted to transformers'
+    # CLIPModel at load time, since open_clip needs torchvision (no CPU build on our machines).
+    "rewards": ["transformers>=5", "safetensors"],
+    # Tests of the image / video loaders (dancegrpo_hpc/data/dali_loading.py): DALI's CPU pipelines
+    # run without a GPU, checked against the PIL / PyAV reference; DALI ships Linux wheels only.
+    "dev": ["pytest>=7", "pytest-timeout", *REAL, "av", "nvidia-dali-cuda120; platform_system == 'Linux'"],
+}
+
+
+# Namespace packages too: folders without an __init__.py (dancegrpo_hpc/distributed) are
+# packages of ours all the same, and find_packages would leave them out of a wheel.
+PACKAGES = find_namespace_packages(include=["dancegrpo_hpc", "dancegrpo_hpc.*"],
+                                   exclude=["*.__pycache__", "dancegrpo_hpc.models.toy.checkpoint"])
+# the committed toy checkpoint the quick start samples from (data of dancegrpo_hpc.models.toy)
+PACKAGE_DATA = {"dancegrpo_hpc.models.toy": ["checkpoint/*.json", "checkpoint/*.safetensors"]}
+
+if __name__ == "__main__":  # pip runs this file as __main__; tests read the lists above without building
+    setup(
+        name="dancegrpo-hpc",
+        version="0.1.0",
+        description="High-performance GRPO alignment of video flow-matching models (DanceGRPO, Euphonium)",
+        packages=PACKAGES,
+        package_data=PACKAGE_DATA,
+        python_requires=">=3.10",
+        ext_modules=[Extension("dancegrpo_hpc._C", sources=[])],
+        cmdclass={"build_ext": CMakeBuild},
+        install_requires=INSTALL_REQUIRES,
+        extras_require=EXTRAS_REQUIRE,
+        entry_points={"console_scripts": ["dancegrpo-hpc=dancegrpo_hpc.cli:main"]},
+        zip_safe=False,
+    )

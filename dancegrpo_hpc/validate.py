@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from .checks import InputError, require
 from .config import Config, check_layout, load_config
+from .config import check_paths as check_config_paths  # validate() has a check_paths flag
 from .memory import GIB, batch_sizes, estimate_memory, latent_shape, model_config, parameter_counts, text_tokens, \
     video_tokens
 
@@ -174,10 +175,21 @@ def _memory_notes(config: Config, dp: int) -> dict:
     }
 
 
+def check_paths_or_hint(config: Config) -> None:
+    """config.check_paths, its error naming --no-check-paths: a cluster config checked on a
+    machine without the cluster's files still gets its layout and memory checked that way."""
+    try:
+        check_config_paths(config)
+    except InputError as exc:
+        raise InputError(f"{exc} (on a machine without these files, --no-check-paths checks the layout only)") from None
+
+
 def validate(path: str, overrides=(), world: Optional[int] = None, check_paths: bool = True,
              strict_rewards: bool = True) -> str:
     """The report text; raises InputError with one line on the first problem."""
-    config = load_config(path, overrides, paths=check_paths)
+    config = load_config(path, overrides, paths=False)
+    if check_paths:
+        check_paths_or_hint(config)
     world = world_size(config, world)
     check_layout(config, world)
     model = model_config(config)
@@ -201,7 +213,9 @@ def run(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dancegrpo-hpc validate", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from .train import parse_args
+
+    return run(parse_args(parser, argv))
 
 
 if __name__ == "__main__":

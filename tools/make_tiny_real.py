@@ -3,7 +3,8 @@
 examples/tiny_i2v_real.yaml read (random-initialised components of the real classes: our
 DiT in diffusers format, diffusers' HunyuanVideo VAE, text encoders and embedding caches,
 prompt files, I2V reference images, VideoAlign on a tiny Qwen2-VL), then prints the
-commands that run them. A few seconds on a CPU; no downloads.
+commands that run them. A few seconds on a CPU; no downloads. Needs the `real` extra
+(diffusers, transformers): `pip install --no-build-isolation -e ".[real]"`.
 
     python tools/make_tiny_real.py                 # runs/tiny_real, where the configs look
     python tools/make_tiny_real.py --out /tmp/tr   # elsewhere: the commands carry path overrides
@@ -52,6 +53,14 @@ def commands(out):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    from dancegrpo_hpc.checks import InputError
+    from dancegrpo_hpc.extras import require_extra
+
+    try:  # the components are diffusers' and transformers' classes: the `real` extra
+        require_extra(["diffusers", "transformers"], "real", "make_tiny_real")
+    except InputError as error:
+        print(error, file=sys.stderr)
+        return 2
     out = args.out.rstrip("/") or "/"
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         ours = os.path.isfile(os.path.join(out, MARKER))

@@ -107,9 +107,13 @@ class PromptWorld(World):
     models, the reference images' latents; decode() gives [B, F, 3, H, W] in [0, 1]."""
 
     def __init__(self, config, device="cpu"):
+        from ..extras import require_extra
         from .reference_images import load_video_vae
 
         d, m = config.data, config.model
+        # the VAE is diffusers' and the text encoders transformers': say so before anything loads
+        require_extra(["diffusers"] + (["transformers"] if d.embeddings is None else []), "real",
+                      "config: data.source=prompts")
         self.config, self.device = config, torch.device(device)
         # VAE and text encoders in the model's dtype on GPUs; float32 on CPUs (bf16 3D convolutions run 10x slower)
         self.aux_dtype = _DTYPES[m.dtype] if self.device.type == "cuda" else torch.float32

@@ -34,10 +34,9 @@ def load_video_vae(path: str, device: Device = "cpu", dtype: torch.dtype = torch
     if not path or not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"load_video_vae: no diffusers VAE at {path!r} (config.json missing); set data.vae to "
                                 "a diffusers AutoencoderKLHunyuanVideo folder, e.g. <HunyuanVideo>/vae")
-    try:
-        from diffusers import AutoencoderKLHunyuanVideo
-    except ImportError:
-        raise ImportError("load_video_vae needs diffusers: pip install diffusers") from None
+    from ..extras import import_extra
+
+    AutoencoderKLHunyuanVideo = import_extra("diffusers", "real", "load_video_vae").AutoencoderKLHunyuanVideo
     with open(cfg_path) as f:
         config = json.load(f)
     cls = config.get("_class_name", "AutoencoderKLHunyuanVideo")

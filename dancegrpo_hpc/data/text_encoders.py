@@ -169,6 +169,9 @@ class HunyuanTextEncoders:
                         field: str = "--text-encoders", **options) -> "HunyuanTextEncoders":
         paths = resolve_paths(root, llama, clip, field)
         dtype = resolve_dtype(dtype, device)
+        from ..extras import import_extra
+
+        import_extra("transformers", "real", field)  # one line naming the extra when it is missing
         from transformers import AutoTokenizer, CLIPTextModel, LlamaModel  # heavy: only after the checks
 
         llama_tokenizer = AutoTokenizer.from_pretrained(paths.llama_tokenizer)

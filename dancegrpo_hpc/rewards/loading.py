@@ -18,13 +18,10 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
 
 def import_transformers(where: str):
     """transformers is an optional dependency (the toy world needs none): import it
-    only when a model reward is built."""
-    try:
-        import transformers
-    except ImportError as exc:
-        raise InputError(f"{where}: needs the `transformers` package ({exc}); "
-                         f"install it with `pip install -e .[rewards]`") from None
-    return transformers
+    only when a model reward is built; missing, one line naming the `rewards` extra."""
+    from ..extras import import_extra
+
+    return import_extra("transformers", "rewards", where)
 
 
 def pick_device(where: str, device: Optional[str]) -> torch.device:
