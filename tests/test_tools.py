@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from script_utils import load_script
+
+from dancegrpo_hpc.checks import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,3 +107,62 @@ def test_guidance_experiment_iterations_to_target_and_paired_speedups():
     assert pairs == [(4.0, False), (3.0, True), None]
     assert mod.describe_speedups(pairs[:2]) == ">= 3.50x +- 0.71"
     assert mod.describe_speedups(pairs) == "n/a"
+
+
+def _pretrain_run(mod, state_path, steps):
+    """pretrain_toy's train() on the toy world with a --state file; returns (model, average)."""
+    from dancegrpo_hpc.models.hunyuan_video import HunyuanVideoDiT, preset
+    from dancegrpo_hpc.models.toy import ToyTextEncoder, ToyVAE, ToyWorld
+
+    torch.manual_seed(0)
+    model = HunyuanVideoDiT(preset("toy"))
+    args = mod.parse_args(["--state", str(state_path), "--steps", str(steps), "--batch", "2"])
+    return model, mod.train(model, ToyWorld(), ToyTextEncoder(), ToyVAE(), args)
+
+
+def test_pretrain_toy_resumes_its_state_file_without_unpickling_code(tmp_path, capsys):
+    mod = load_script("tools/pretrain_toy.py")
+    # a state file as save_state writes it resumes under weights_only loading
+    state = tmp_path / "state.pt"
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    average = mod.WeightAverage(model, 0.9)
+    generator = torch.Generator().manual_seed(7)
+    mod.save_state(str(state), model, optimizer, average, generator, 3, 0.25)
+    loaded = mod.load_state(str(state))
+    assert loaded["step"] == 3 and loaded["smoothed"] == 0.25
+    assert torch.equal(loaded["model"]["weight"], model.weight.detach())
+    assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(loaded["generator"], generator.get_state())
+
+    # a file carrying code: refused in one line, the code never runs (weights_only=False ran it)
+    ran = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, evil)
+    with pytest.raises(InputError, match=r"--state .*evil.pt: holds pickled objects other than tensors") as info:
+        _pretrain_run(mod, evil, steps=1)
+    assert "\n" not in str(info.value) and not ran.exists()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"--state .*cut.pt: not a training-state file of this tool"):
+        mod.load_state(str(cut))
+
+    # the toy DiT's own state: train() resumes from it at the saved step
+    toy_state = tmp_path / "toy_state.pt"
+    torch.manual_seed(1)
+    from dancegrpo_hpc.models.hunyuan_video import HunyuanVideoDiT, preset
+
+    saved = HunyuanVideoDiT(preset("toy"))
+    saved_opt = torch.optim.AdamW(saved.parameters())
+    mod.save_state(str(toy_state), saved, saved_opt, mod.WeightAverage(saved, 0.9), torch.Generator(), 2, 0.5)
+    resumed, _ = _pretrain_run(mod, toy_state, steps=2)  # already at step 2: loads, trains nothing
+    assert f"resumed from {toy_state} at step 2" in capsys.readouterr().out
+    weights = {n: t for n, t in saved.state_dict().items() if isinstance(t, torch.Tensor)}  # (megatron adds None)
+    assert weights and all(torch.equal(resumed.state_dict()[n], t) for n, t in weights.items())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ import torch
 
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
 
+from dancegrpo_hpc.checks import InputError  # noqa: E402
 from dancegrpo_hpc.models.hunyuan_video import HunyuanVideoDiT, preset  # noqa: E402
 from dancegrpo_hpc.models.hunyuan_video.weights import save_diffusers  # noqa: E402
 from dancegrpo_hpc.models.toy import TOY_CHECKPOINT, ToyTextEncoder, ToyVAE, ToyWorld  # noqa: E402
@@ -122,6 +124,26 @@ def save_state(path, model, optimizer, average, generator, step, smoothed) -> No
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous state
 
 
+def load_state(path) -> dict:
+    """The --state file, loaded without running pickled code (weights_only: tensors, numbers and
+    containers, all save_state writes); anything else is one line naming --state."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: not for a file we did not write
+        raise InputError(f"--state {path}: holds pickled objects other than tensors and numbers, refused (unpickling "
+                         "them could run code); this tool never writes those: delete the file to start over") from None
+    except Exception as exc:  # RuntimeError / EOFError: a file cut short
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"--state {path}: not a training-state file of this tool ({first}); delete it to start "
+                         "over") from None
+    missing = [k for k in ("model", "optimizer", "average", "generator", "step", "smoothed")
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InputError(f"--state {path}: not a training-state file of this tool (no {', '.join(missing)}); "
+                         "delete it to start over")
+    return state
+
+
 def train(model, world, encoder, vae, args) -> WeightAverage:
     prompts = world.prompts("train") + [""]  # the last entry: the unconditional (empty) prompt
     embeds, masks, pooled = encoder.encode(prompts)
@@ -132,7 +154,7 @@ def train(model, world, encoder, vae, args) -> WeightAverage:
     eval_prompts = world.prompts("eval")
     first, smoothed = 0, None
     if args.state and os.path.exists(args.state):
-        state = torch.load(args.state, weights_only=False)
+        state = load_state(args.state)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         average.average = state["average"]
@@ -203,7 +225,12 @@ def main(argv=None) -> int:
     print(f"toy DiT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
           f"{len(world.prompts('train'))} train prompts, {len(world.prompts('eval'))} held-out eval prompts", flush=True)
     model.train()
-    train(model, world, encoder, vae, args).swap()  # keep the averaged weights
+    try:
+        average = train(model, world, encoder, vae, args)
+    except InputError as error:
+        print(f"pretrain_toy: {error}", file=sys.stderr)
+        return 2
+    average.swap()  # keep the averaged weights
     model.eval()
     save_diffusers(model, args.out)
     size = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
