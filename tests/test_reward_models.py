@@ -494,5 +494,6 @@ def test_missing_transformers_names_the_install_command(tmp_path, monkeypatch):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         (tmp_path / name).write_text("{}")
     monkeypatch.setitem(sys.modules, "transformers", None)  # import raises ImportError
-    with pytest.raises(InputError, match=r"clip_score: needs the `transformers` package .*pip install -e \.\[rewards\]"):
+    with pytest.raises(InputError, match=r"clip_score: needs the `transformers` package .*`rewards` extra: "
+                                         r"pip install --no-build-isolation -e \"\.\[rewards\]\""):
         build_rewards([{"name": "clip_score", "options": {"path": str(tmp_path), "device": "cpu"}}])
