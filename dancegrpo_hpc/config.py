@@ -56,6 +56,9 @@ class ParallelConfig:
     ulysses: int = 1
     sequence_parallel: bool = False
     zero: bool = True  # shard optimizer state over data-parallel ranks (ZeRO-1)
+    # training ranks the config is written for (reward ranks not counted); when set, a launch of
+    # another size is refused, and validate / tools/perf_model.py use it without --world-size
+    world_size: Optional[int] = None
 
 
 @dataclass
@@ -205,6 +208,8 @@ class Config:
         check_choice("config", "train.autocast", t.autocast, (None, "bfloat16"))
         _positive_int("sampling.steps", s.steps, minimum=2)
         _positive_int("rollout.group_size", r.group_size, minimum=2)
+        if self.parallel.world_size is not None:
+            _positive_int("parallel.world_size", self.parallel.world_size)
         _positive_int("rollout.prompts_per_iteration", r.prompts_per_iteration)
         _positive_int("train.iterations", t.iterations, minimum=0)
         _positive_int("train.lr_warmup", t.lr_warmup, minimum=0)
@@ -377,6 +382,8 @@ def check_runnable(config: Config) -> None:
     included; the rewards are registered; output_dir can be written. The real-data world
     then checks the files' contents against each other before loading weights."""
     check_paths(config)
+    raw = os.environ.get("WORLD_SIZE", "1")
+    check_world_size(config, int(raw) if raw.isdigit() else 1)
     check_output_dir(config.output_dir)
     _check_reward_names(config)
     if config.data.source == "prompts" and config.data.image_loader == "dali":
@@ -384,6 +391,17 @@ def check_runnable(config: Config) -> None:
 
         require(dali_installed(), "config: data.image_loader=dali but NVIDIA DALI is not installed; "
                                   "pip install nvidia-dali-cuda120, or set data.image_loader=pil (or auto)")
+
+
+def check_world_size(config: Config, launched: int) -> None:
+    """parallel.world_size, when set, against the ranks launched (torchrun's WORLD_SIZE,
+    reward ranks included)."""
+    expected, pool = config.parallel.world_size, config.rollout.reward_ranks
+    require(expected is None or launched - pool == expected,
+            f"config: parallel.world_size={expected} but the launch has {launched} ranks"
+            f"{f' ({launched - pool} training + rollout.reward_ranks={pool})' if pool else ''}; launch "
+            f"{(expected or 0) + pool} (torchrun --nnodes x --nproc-per-node) or set parallel.world_size="
+            f"{launched - pool}")
 
 
 def check_output_dir(path: str) -> None:
@@ -612,5 +630,5 @@ def dump_yaml(config: Config) -> str:
 
 __all__ = ["Config", "ModelConfig", "ParallelConfig", "DataConfig", "SamplingConfig", "RolloutConfig", "TrainConfig",
            "CheckpointConfig", "LoggingConfig", "EvalConfig", "GuidanceConfig", "load_config", "config_from_dict", "apply_overrides",
-           "check_layout", "check_paths", "check_runnable", "check_output_dir", "dump_yaml", "parse_yaml",
+           "check_layout", "check_paths", "check_runnable", "check_world_size", "check_output_dir", "dump_yaml", "parse_yaml",
            "InputError"]

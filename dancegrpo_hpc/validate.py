@@ -18,7 +18,7 @@ import sys
 from typing import List, Optional
 
 from .checks import InputError, require
-from .config import Config, check_layout, load_config
+from .config import Config, check_layout, check_world_size, load_config
 from .config import check_paths as check_config_paths  # validate() has a check_paths flag
 from .memory import GIB, batch_sizes, estimate_memory, latent_shape, model_config, parameter_counts, text_tokens, \
     video_tokens
@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.ulysses=4")
     parser.add_argument("--world-size", type=int, default=None,
-                        help="ranks the run will use (default: WORLD_SIZE, else tensor x ulysses)")
+                        help="ranks the run will use (default: WORLD_SIZE, else parallel.world_size, else "
+                             "tensor x ulysses)")
     parser.add_argument("--no-check-paths", action="store_true",
                         help="skip checking that model and data paths exist (a cluster config on another machine)")
     parser.add_argument("--no-check-rewards", action="store_true",
@@ -46,6 +47,8 @@ def world_size(config: Config, given: Optional[int]) -> int:
         require(raw.isdigit(), f"validate: environment WORLD_SIZE={raw!r} must be a positive integer")
         given = int(raw)
     pool = config.rollout.reward_ranks
+    if given is None and config.parallel.world_size is not None:  # the world the config is written for
+        given = config.parallel.world_size + pool
     if given is None:
         given = config.parallel.tensor * config.parallel.ulysses + pool
     require(isinstance(given, int) and given >= 1, f"validate: --world-size must be a positive integer; got {given!r}")
@@ -191,6 +194,7 @@ def validate(path: str, overrides=(), world: Optional[int] = None, check_paths: 
     if check_paths:
         check_paths_or_hint(config)
     world = world_size(config, world)
+    check_world_size(config, world + config.rollout.reward_ranks)  # the trainer refuses another size
     check_layout(config, world)
     model = model_config(config)
     check_model(config, model, latent_shape(config, model))

@@ -30,7 +30,7 @@ PATH_KEYS = {"output_dir", "model.path", "data.prompts", "data.embeddings", "dat
 SIZE_KEYS = {"model.preset", "data.frames", "data.height", "data.width", "data.eval_prompts", "sampling.steps",
              "rollout.prompts_per_iteration", "rollout.group_size", "rollout.micro_batch", "train.iterations",
              "train.best_of_n", "parallel.tensor", "parallel.ulysses", "parallel.sequence_parallel",
-             "checkpoint.every"}
+             "checkpoint.every", "parallel.world_size"}
 HARDWARE_KEYS = {"model.attention"}
 
 

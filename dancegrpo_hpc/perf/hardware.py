@@ -7,6 +7,10 @@ bidirectional bandwidth per GPU; a collective's bytes leave a GPU in one directi
 so the model uses half of it. InfiniBand is not part of the GPU datasheet: it is the
 DGX H100 / HGX reference node's one ConnectX-7 NDR port of 400 Gb/s per GPU
 (50 GB/s per direction), which H800 clusters (e.g. DeepSeek-V3's) also use.
+
+H100 SXM, H800 SXM and H200 SXM share their Tensor Core peaks, so an efficiency measured
+on one of them carries over to the others for compute-bound work (GEMMs, attention);
+memory-bound work scales with hbm_bytes_s (perf/calibration.py applies both).
 """
 
 from __future__ import annotations

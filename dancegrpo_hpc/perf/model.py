@@ -42,6 +42,7 @@ dancegrpo_hpc.memory.estimate_memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
@@ -52,31 +53,60 @@ from ..memory import batch_sizes, estimate_memory, latent_shape, model_config, p
 from .hardware import Hardware
 
 
+ATTENTION_CHOICES = ("sdpa", "flash", "xformers", "te", "sliding_tile")  # config.ATTENTION_BACKENDS
+
+
 @dataclass(frozen=True)
 class Assumptions:
-    """What the model cannot know: achieved efficiencies and the cost of the non-DiT stages."""
+    """What the model cannot know: achieved efficiencies, the cost of the non-DiT stages and
+    what overlaps. Every default is what the engine does today."""
 
-    rollout_mfu: float = 0.45  # achieved / peak Tensor Core FLOP/s, no-grad sampling forwards
+    rollout_mfu: float = 0.45  # achieved / peak Tensor Core FLOP/s, no-grad sampling forwards (uncalibrated runs)
     train_mfu: float = 0.40  # the same for training (forward + backward + recompute)
     comm_efficiency: float = 0.70  # achieved / link bandwidth of NCCL collectives
-    comm_overlap: float = 0.0  # fraction of TP / Ulysses communication hidden behind compute
+    comm_overlap: float = 0.0  # fraction of TP / Ulysses communication hidden behind compute (engine: none)
     decode_s: float = 3.0  # VAE decode, seconds per video on one GPU
     reward_s: float = 0.25  # all reward models together, seconds per video on one GPU
     text_tokens: Optional[int] = None  # text tokens per sample; None: the padded length (256 for real data)
+    # overlap with sampling, as fractions of the stage hidden behind the rollout (at most the rollout's time).
+    # Engine: the sampling thread decodes each micro-batch itself (0), and AsyncRewardRunner scores a
+    # micro-batch while the next one samples, so all but the last micro-batch's rewards hide (None).
+    decode_overlap: float = 0.0
+    reward_overlap: Optional[float] = None  # None: (micro-batches - 1) / micro-batches
+    # Engine: every GPU of a tensor x ulysses group decodes and scores all its data rank's videos
+    # (replicated); True splits them over the group's GPUs
+    split_decode: bool = False
+    # attention per pass (None: the config's model.attention; the engine uses one backend for both)
+    rollout_attention: Optional[str] = None
+    train_attention: Optional[str] = None
+    sta_tile: Tuple[int, int, int] = (6, 8, 8)  # sliding tile (attention.AttentionConfig's defaults)
+    sta_window: Tuple[int, int, int] = (3, 3, 3)
+    sta_speedup: Optional[float] = None  # fixed sliding-tile speed-up over dense attention instead of the density
+    sta_mask_builds: int = 1  # block-mask builds per iteration: one per distinct shape (cached across blocks, steps)
 
     def check(self) -> None:
         for name in ("rollout_mfu", "train_mfu", "comm_efficiency"):
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and 0 < value <= 1,
                     f"perf model: {name} must lie in (0, 1]; got {value!r}")
-        require(isinstance(self.comm_overlap, (int, float)) and 0 <= self.comm_overlap <= 1,
-                f"perf model: comm_overlap must lie in [0, 1]; got {self.comm_overlap!r}")
+        for name in ("comm_overlap", "decode_overlap", "reward_overlap"):
+            value = getattr(self, name)
+            require((value is None and name == "reward_overlap") or (isinstance(value, (int, float)) and 0 <= value <= 1),
+                    f"perf model: {name} must lie in [0, 1]; got {value!r}")
         for name in ("decode_s", "reward_s"):
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and value >= 0 and value == value,
                     f"perf model: {name} must be a number >= 0 (seconds per video); got {value!r}")
         require(self.text_tokens is None or (isinstance(self.text_tokens, int) and self.text_tokens >= 1),
                 f"perf model: text_tokens must be a positive integer or None; got {self.text_tokens!r}")
+        for name in ("rollout_attention", "train_attention"):
+            value = getattr(self, name)
+            require(value is None or value in ATTENTION_CHOICES,
+                    f"perf model: {name} must be one of {', '.join(ATTENTION_CHOICES)}; got {value!r}")
+        require(self.sta_speedup is None or (isinstance(self.sta_speedup, (int, float)) and self.sta_speedup > 0),
+                f"perf model: sta_speedup must be a positive number or None; got {self.sta_speedup!r}")
+        require(isinstance(self.sta_mask_builds, int) and self.sta_mask_builds >= 0,
+                f"perf model: sta_mask_builds must be an integer >= 0; got {self.sta_mask_builds!r}")
 
 
 # ---- FLOPs ---------------------------------------------------------------------------------------
@@ -208,12 +238,80 @@ def peak_flops(config: Config, hw: Hardware) -> Tuple[float, str]:
     return (hw.tf32_flops, "tf32") if _element(config) == 4 else (hw.bf16_flops, "bf16")
 
 
+def _attention_plan(config: Config, model, shape, assumptions: Assumptions, tokens: int, text: int) -> Dict:
+    """Per pass (rollout, train): the attention backend and, for sliding tile, the fraction
+    of the dense attention blocks its mask computes at this shape."""
+    from .calibration import sliding_tile_density
+
+    grid = (-(-shape[1] // model.patch_size_t), shape[2] // model.patch_size, shape[3] // model.patch_size)
+    plan = {}
+    for name, chosen in (("rollout", assumptions.rollout_attention), ("train", assumptions.train_attention)):
+        backend = chosen or config.model.attention
+        entry = {"backend": backend}
+        if backend == "sliding_tile" and assumptions.sta_speedup is None:  # a fixed speed-up needs no tiles
+            entry.update(grid=list(grid), tile=list(assumptions.sta_tile), window=list(assumptions.sta_window),
+                         density=sliding_tile_density(grid, tuple(assumptions.sta_tile), tuple(assumptions.sta_window),
+                                                      tokens - math.prod(grid)))
+        plan[name] = entry
+    return plan
+
+
+def _compute_times(work: Dict, plan: Dict, hw: Hardware, a: Assumptions, cal, fp8: bool, fp32: bool) -> Dict:
+    """Seconds per GPU of the rollout's and the training's DiT passes, split into GEMM /
+    attention / rest (calibrated) or linear / attention (peak x MFU)."""
+    fwd, group, passes = work["forward"], work["group"], work["passes"]
+    lin, att = fwd["linear"] / group, fwd["attention"] / group  # one forward of one sample, per GPU
+    rollout_n, train_n = work["rollout_forwards"], work["train_forwards"]
+    recompute = passes - 3 - (1 if work["reference"] else 0)
+    peak = hw.tf32_flops if fp32 else hw.bf16_flops
+    out = {}
+    if cal is None:
+        linear_peak = hw.fp8_flops if fp8 else peak
+        for name, n, per, mfu in (("rollout", rollout_n, 1, a.rollout_mfu), ("train", train_n, passes, a.train_mfu)):
+            attention = n * per * att / (peak * mfu)
+            if plan[name]["backend"] == "sliding_tile":
+                require(a.sta_speedup is not None, "perf model: sliding-tile attention needs a calibration "
+                                                   "(--calibration) or a fixed --sta-speedup")
+                attention /= a.sta_speedup
+            out[name] = {"gemm": n * per * lin / (linear_peak * mfu), "attention": attention, "rest": 0.0}
+        return out
+    require(not fp32, "perf model: the calibration holds bf16 figures; model.dtype float32 has none")
+    fp8_speedup = (cal.gemm_fp8_speedup or 1.0) if fp8 else 1.0  # GEMM only: quantisation not counted
+    gemm_fwd, gemm_bwd = cal.gemm_forward_mfu * peak * fp8_speedup, cal.gemm_backward_mfu * peak * fp8_speedup
+    hbm = hw.hbm_bytes_s
+
+    def attention(pass_name, kind):
+        """Seconds of one sample's attention on this GPU: kind forward | forward_backward."""
+        backend = plan[pass_name]["backend"]
+        flops = att * (1 + cal.backward_factor if kind == "forward_backward" else 1)
+        if backend != "sliding_tile":
+            return flops / (cal.attention(backend, kind) * peak)
+        if a.sta_speedup is not None:  # a fixed speed-up over the dense kernel sdpa runs
+            return flops / (cal.attention("sdpa", kind) * peak) / a.sta_speedup
+        require(cal.sliding_tile is not None, f"perf model calibration {cal.name!r} has no sliding-tile figures")
+        mfu = getattr(cal.sliding_tile, f"{kind}_mfu")
+        return plan[pass_name]["density"] * flops / (mfu * peak)
+
+    rest_fwd = lin * cal.rest_forward_bytes_per_flop / hbm
+    out["rollout"] = {"gemm": rollout_n * lin / gemm_fwd, "attention": rollout_n * attention("rollout", "forward"),
+                      "rest": rollout_n * rest_fwd}
+    forward_backward = {"gemm": lin / gemm_fwd + 2 * lin / gemm_bwd, "attention": attention("train", "forward_backward"),
+                        "rest": lin * cal.rest_train_bytes_per_flop / hbm}
+    extra = recompute + (1 if work["reference"] else 0)  # recompute and reference forwards
+    forward = {"gemm": lin / gemm_fwd, "attention": attention("train", "forward"), "rest": rest_fwd}
+    out["train"] = {k: train_n * (forward_backward[k] + extra * forward[k]) for k in forward}
+    return out
+
+
 def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumptions = Assumptions(),
-             rates: Optional[Dict[str, float]] = None) -> Dict:
+             rates: Optional[Dict[str, float]] = None, calibration=None) -> Dict:
     """Per-iteration prediction (see the module docstring). rates: calibrated FLOP/s per
-    GPU {"rollout", "train"} replacing peak x MFU."""
+    GPU {"rollout", "train"} replacing peak x MFU (perf_model --calibrate of a benchmark);
+    calibration: a perf.calibration.Calibration (GEMM, attention and memory-bound rates
+    measured on a GPU) replacing peak x MFU."""
     assumptions.check()
-    work = dit_flops(config, world_size, text_tokens=assumptions.text_tokens)
+    a = assumptions
+    work = dit_flops(config, world_size, text_tokens=a.text_tokens)
     model, dp, shape, video, text = work["model"], work["dp"], work["latent"], work["video_tokens"], work["text_tokens"]
     p, s, t = config.parallel, config.sampling, config.train
     tp, u = p.tensor, p.ulysses
@@ -223,23 +321,21 @@ def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumpt
     fwd = work["forward"]
     sizes, k, cfg, passes = work["sizes"], work["trained_timesteps"], work["cfg"], work["passes"]
     rollout_forwards, trained = work["rollout_forwards"], work["train_forwards"]
+    work["reference"] = t.kl_coef > 0
 
     # compute per GPU
     rollout_flops = {key: work["rollout"][key] for key in ("linear", "attention")}
     train_flops = {key: work["train"][key] for key in ("linear", "attention")}
     fp32 = _element(config) == 4
-    attention_peak = hw.tf32_flops if fp32 else hw.bf16_flops
-    linear_peak = hw.fp8_flops if config.model.fp8 else attention_peak
     precision = "tf32" if fp32 else ("fp8 linears, bf16 attention" if config.model.fp8 else "bf16")
-
-    def compute_time(flops, mfu, rate):
-        if rate is not None:
-            return (flops["linear"] + flops["attention"]) / rate
-        return flops["linear"] / (linear_peak * mfu) + flops["attention"] / (attention_peak * mfu)
-
-    rates = rates or {}
-    rollout_compute = compute_time(rollout_flops, assumptions.rollout_mfu, rates.get("rollout"))
-    train_compute = compute_time(train_flops, assumptions.train_mfu, rates.get("train"))
+    plan = _attention_plan(config, model, shape, a, tokens, text_pad)
+    if rates:
+        split = {name: {"gemm": 0.0, "attention": 0.0, "rest": 0.0} for name in ("rollout", "train")}
+        split["rollout"]["gemm"] = sum(rollout_flops.values()) / rates["rollout"]
+        split["train"]["gemm"] = sum(train_flops.values()) / rates["train"]
+    else:
+        split = _compute_times(work, plan, hw, a, calibration, bool(config.model.fp8), fp32)
+    rollout_compute, train_compute = (sum(split[name].values()) for name in ("rollout", "train"))
 
     # communication per GPU
     element = _element(config)
@@ -258,27 +354,47 @@ def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumpt
 
     def link(span):
         inside = span <= hw.gpus_per_node
-        bandwidth = (hw.nvlink_one_way if inside else hw.ib_bytes_s) * assumptions.comm_efficiency
+        bandwidth = (hw.nvlink_one_way if inside else hw.ib_bytes_s) * a.comm_efficiency
         return ("NVLink" if inside else "InfiniBand"), bandwidth
 
     links = {"tp": link(tp), "ulysses": link(group), "dp": link(world_size)}
-    hidden = 1 - assumptions.comm_overlap
+    exposed = 1 - a.comm_overlap
     rollout_comm = comm["tp_rollout"] / links["tp"][1] + comm["ulysses_rollout"] / links["ulysses"][1]
     train_comm = comm["tp_train"] / links["tp"][1] + comm["ulysses_train"] / links["ulysses"][1]
     zero = dp * u if p.zero else 1
     masters = 8 if grad_element < 4 else 0  # float32 master weights read and written (MasterWeightAdamW)
     # moments read + written, master weights, grad / weight traffic of the owned shard; the norm reads every grad
     optimizer_bytes = params_rank / zero * (16 + masters + 3 * grad_element) + params_rank * grad_element
-    videos = sizes["local"] / group  # per GPU
+    hbm = {"optimizer": hw.hbm_bytes_s}
+    memory_bound = {"sde_steps": 0.0, "log_prob": 0.0, "sta_mask": 0.0}
+    if calibration is not None:  # memory-bound kernels at their measured fraction of HBM bandwidth
+        frac = calibration.hbm_fraction
+        hbm["optimizer"] = hw.hbm_bytes_s * frac["copy"]
+        numel = math.prod(shape)  # one sample's latents; every GPU of a group runs the step on all of them
+        memory_bound["sde_steps"] = sizes["local"] * s.steps * numel * 20 / (hw.hbm_bytes_s * frac["sde_step"])
+        memory_bound["log_prob"] = trained * numel * 28 / (hw.hbm_bytes_s * frac["log_prob_fwd_bwd"])
+        if "sliding_tile" in (plan["rollout"]["backend"], plan["train"]["backend"]) and calibration.sliding_tile:
+            memory_bound["sta_mask"] = a.sta_mask_builds * calibration.sliding_tile.mask_build_at(tokens)
+
+    # decode and rewards: replicated over the group (engine) or split; overlapped with sampling
+    micro_batches = sizes["local"] // (config.rollout.micro_batch or sizes["local"])
+    videos = sizes["local"] / (group if a.split_decode else 1)  # per GPU
+    decode, reward = videos * a.decode_s, videos * a.reward_s
+    reward_overlap = (micro_batches - 1) / micro_batches if a.reward_overlap is None else a.reward_overlap
+    sampling = rollout_compute + exposed * rollout_comm + memory_bound["sde_steps"]
+    hidden_reward = min(reward_overlap * reward, sampling)
+    hidden_decode = min(a.decode_overlap * decode, sampling - hidden_reward)
     times = {
-        "rollout_compute": rollout_compute, "rollout_comm": hidden * rollout_comm,
-        "decode": videos * assumptions.decode_s, "reward": videos * assumptions.reward_s,
-        "train_compute": train_compute, "train_comm": hidden * train_comm,
-        "dp_grad_sync": comm["dp"] / links["dp"][1], "optimizer": steps * optimizer_bytes / hw.hbm_bytes_s,
+        "rollout_compute": rollout_compute, "rollout_comm": exposed * rollout_comm,
+        "sde_steps": memory_bound["sde_steps"], "sta_mask": memory_bound["sta_mask"],
+        "decode": decode - hidden_decode, "reward": reward - hidden_reward,
+        "train_compute": train_compute, "log_prob": memory_bound["log_prob"], "train_comm": exposed * train_comm,
+        "dp_grad_sync": comm["dp"] / links["dp"][1], "optimizer": steps * optimizer_bytes / hbm["optimizer"],
     }
     times["total"] = sum(times.values())
     memory = estimate_memory(config, world_size, model)
     samples = config.rollout.prompts_per_iteration * config.rollout.group_size
+    mode = "rates" if rates else ("calibration" if calibration is not None else "peak x MFU")
     return {
         "inputs": {
             "model": model.variant, "hardware": hw.name, "world_size": world_size, "tensor": tp, "ulysses": u,
@@ -290,18 +406,25 @@ def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumpt
             "kept_samples": sizes["kept"], "trained_timesteps": k, "timestep_fraction": t.timestep_fraction,
             "optimizer_steps": steps, "activation_checkpointing": config.model.activation_checkpointing,
             "precision": precision, "parameters": parameter_counts(config, model)["parameters"],
-            "parameters_per_rank": params_rank,
+            "parameters_per_rank": params_rank, "rollout_micro_batches": micro_batches,
         },
-        "assumptions": {**asdict(assumptions), "rates": dict(rates) or None,
-                        "forward_equivalents_per_trained_timestep": passes},
+        "assumptions": {**asdict(assumptions), "rates": dict(rates) if rates else None,
+                        "forward_equivalents_per_trained_timestep": passes, "compute": mode,
+                        "calibration": calibration.name if calibration is not None else None,
+                        "reward_overlap_used": reward_overlap},
+        "attention": plan,
         "hardware": asdict(hw),
         "flops": {"forward_per_sample": fwd["total"], "attention_share": fwd["attention"] / fwd["total"],
                   "rollout_per_gpu": sum(rollout_flops.values()), "train_per_gpu": sum(train_flops.values()),
                   "rollout_achieved_per_gpu_s": sum(rollout_flops.values()) / rollout_compute,
-                  "train_achieved_per_gpu_s": sum(train_flops.values()) / train_compute},
+                  "train_achieved_per_gpu_s": sum(train_flops.values()) / train_compute,
+                  "rollout_mfu": sum(rollout_flops.values()) / rollout_compute / peak_flops(config, hw)[0],
+                  "train_mfu": sum(train_flops.values()) / train_compute / peak_flops(config, hw)[0]},
+        "compute_split_s": split,
         "comm_bytes_per_gpu": comm,
         "comm_per_forward_per_sample": {"tp": tp_fwd, "ulysses": ul_fwd},
         "links": {name: {"link": kind, "bytes_per_s": bandwidth} for name, (kind, bandwidth) in links.items()},
+        "hidden_s": {"decode": hidden_decode, "reward": hidden_reward, "comm": a.comm_overlap * (rollout_comm + train_comm)},
         "time_s": times,
         "memory_bytes": memory,
         "memory_fits": memory["total"] <= hw.memory_bytes,
@@ -314,11 +437,20 @@ def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumpt
 BENCH_KEYS = ("rollout_batched_sps", "train_step_s")
 
 
-def calibrate(config: Config, measurement: Dict, world_size: int = 1, hw: Optional[Hardware] = None) -> Dict:
+def calibrate(config: Optional[Config], measurement: Dict, world_size: int = 1, hw: Optional[Hardware] = None) -> Dict:
     """Achieved FLOP/s per GPU of a measured run of `config`: rollout_batched_sps samples/s
     (the whole run), train_step_s seconds per optimizer step, optional rollout_sequential_sps
     (tools/bench_train.py --json; perf.benchmark.calibration_input turns tools/benchmark.py
-    --json into the same keys). With hw: the implied MFU against its BF16 (TF32) peak."""
+    --json into the same keys). With hw: the implied MFU against its BF16 (TF32) peak.
+    A tools/gpu_measure.py report (its own shapes; config unused) gives instead
+    {"calibration": perf.calibration.Calibration, "mfu": its per-pass efficiencies}."""
+    from .calibration import GPU_MEASURE_SCHEMA, from_gpu_measure
+
+    if measurement.get("schema") == GPU_MEASURE_SCHEMA:
+        cal = from_gpu_measure(measurement)
+        return {"calibration": cal, "mfu": {"gemm_forward": cal.gemm_forward_mfu, "gemm_backward": cal.gemm_backward_mfu,
+                                            "attention": cal.attention_mfu, "dit_forward": cal.dit.get("forward_mfu"),
+                                            "dit_train_step": cal.dit.get("train_step_mfu")}}
     missing = [key for key in BENCH_KEYS if key not in measurement]
     require(not missing, f"perf model calibrate: the measurement lacks {', '.join(missing)} (keys found: "
                          f"{', '.join(sorted(measurement)) or 'none'}); give tools/bench_train.py or "
@@ -354,8 +486,13 @@ def format_report(r: Dict) -> str:
     i, a, f, c, t, m = r["inputs"], r["assumptions"], r["flops"], r["comm_bytes_per_gpu"], r["time_s"], \
         r["memory_bytes"]
     gb, gib = 1e9, 2 ** 30
-    rate = "calibrated" if a["rates"] else f"peak x MFU ({a['rollout_mfu']:.0%} rollout, {a['train_mfu']:.0%} train)"
-    links = r["links"]
+    if a["compute"] == "rates":
+        rate = "calibrated (measured FLOP/s)"
+    elif a["compute"] == "calibration":
+        rate = f"calibration {a['calibration']!r}"
+    else:
+        rate = f"peak x MFU ({a['rollout_mfu']:.0%} rollout, {a['train_mfu']:.0%} train)"
+    links, split, hidden, att = r["links"], r["compute_split_s"], r["hidden_s"], r["attention"]
 
     def bw(name):
         return f"{links[name]['link']} {links[name]['bytes_per_s'] / gb:.0f} GB/s"
@@ -363,6 +500,41 @@ def format_report(r: Dict) -> str:
     def share(x):
         return f"{100 * x / t['total']:5.1f}%"
 
+    def parts(name):
+        p = split[name]
+        if a["compute"] != "calibration":
+            return ""
+        return f"; GEMM {p['gemm']:.1f} + attention {p['attention']:.1f} + rest {p['rest']:.1f} s"
+
+    def attention(name):
+        e = att[name]
+        if e["backend"] != "sliding_tile":
+            return e["backend"]
+        how = f"x{a['sta_speedup']:g} fixed" if a["sta_speedup"] else f"{e['density']:.1%} of the blocks"
+        return f"sliding tile {tuple(e['tile'])} window {tuple(e['window'])}, {how}"
+
+    where = "split over the group's GPUs" if a["split_decode"] else "on every GPU of the group (replicated)"
+    rows = [
+        ("rollout compute", t["rollout_compute"], f"{f['rollout_per_gpu'] / 1e15:.1f} PFLOP per GPU, "
+                                                  f"{f['rollout_mfu']:.1%} MFU, attention {attention('rollout')}"
+                                                  f"{parts('rollout')}"),
+        ("sliding-tile masks", t["sta_mask"], f"{a['sta_mask_builds']} block-mask build(s) per iteration"),
+        ("SDE steps (fused)", t["sde_steps"], "HBM-bound, at the measured fraction of HBM bandwidth"),
+        ("rollout TP + Ulysses", t["rollout_comm"], f"{c['tp_rollout'] / gb:.0f} GB TP ({bw('tp')}), "
+                                                    f"{c['ulysses_rollout'] / gb:.0f} GB Ulysses ({bw('ulysses')})"),
+        ("VAE decode", t["decode"], f"{a['decode_s']:g} s per video {where}; {hidden['decode']:.1f} s hidden "
+                                    f"behind sampling (decode overlap {a['decode_overlap']:.0%})"),
+        ("rewards", t["reward"], f"{a['reward_s']:g} s per video; {hidden['reward']:.1f} s hidden behind sampling "
+                                 f"(reward overlap {a['reward_overlap_used']:.0%}: async, "
+                                 f"{i['rollout_micro_batches']} micro-batches)"),
+        ("train compute", t["train_compute"], f"{f['train_per_gpu'] / 1e15:.1f} PFLOP per GPU, {f['train_mfu']:.1%} "
+                                              f"MFU, attention {attention('train')}{parts('train')}"),
+        ("log-prob (fused)", t["log_prob"], "forward + backward, HBM-bound"),
+        ("train TP + Ulysses", t["train_comm"], f"{c['tp_train'] / gb:.0f} GB TP, {c['ulysses_train'] / gb:.0f} GB "
+                                                "Ulysses"),
+        ("gradient sync (ZeRO-1)", t["dp_grad_sync"], f"{c['dp'] / gb:.1f} GB ({bw('dp')})"),
+        ("optimizer step", t["optimizer"], "AdamW, HBM-bound"),
+    ]
     lines = [
         f"DanceGRPO iteration: {i['model']} on {i['world_size']} x {i['hardware']} "
         f"(tensor {i['tensor']} x ulysses {i['ulysses']} x data {i['data']}, "
@@ -379,30 +551,26 @@ def format_report(r: Dict) -> str:
         f"{flop_rate(f['train_achieved_per_gpu_s'])} training per GPU",
         "",
         f"{'stage':<24}{'seconds':>10}{'share':>8}  detail",
-        f"{'rollout compute':<24}{t['rollout_compute']:10.1f}{share(t['rollout_compute'])}  "
-        f"{f['rollout_per_gpu'] / 1e15:.1f} PFLOP per GPU",
-        f"{'rollout TP + Ulysses':<24}{t['rollout_comm']:10.1f}{share(t['rollout_comm'])}  "
-        f"{c['tp_rollout'] / gb:.0f} GB TP ({bw('tp')}), {c['ulysses_rollout'] / gb:.0f} GB Ulysses ({bw('ulysses')})",
-        f"{'VAE decode':<24}{t['decode']:10.1f}{share(t['decode'])}  {a['decode_s']:g} s per video on one GPU",
-        f"{'rewards':<24}{t['reward']:10.1f}{share(t['reward'])}  {a['reward_s']:g} s per video on one GPU",
-        f"{'train compute':<24}{t['train_compute']:10.1f}{share(t['train_compute'])}  "
-        f"{f['train_per_gpu'] / 1e15:.1f} PFLOP per GPU",
-        f"{'train TP + Ulysses':<24}{t['train_comm']:10.1f}{share(t['train_comm'])}  "
-        f"{c['tp_train'] / gb:.0f} GB TP, {c['ulysses_train'] / gb:.0f} GB Ulysses",
-        f"{'gradient sync (ZeRO-1)':<24}{t['dp_grad_sync']:10.1f}{share(t['dp_grad_sync'])}  "
-        f"{c['dp'] / gb:.1f} GB ({bw('dp')})",
-        f"{'optimizer step':<24}{t['optimizer']:10.2f}{share(t['optimizer'])}  AdamW, HBM-bound",
+    ]
+    for label, seconds, detail in rows:
+        if seconds or label not in ("sliding-tile masks", "SDE steps (fused)", "log-prob (fused)"):
+            lines.append(f"{label:<24}{seconds:10.{2 if seconds < 1 else 1}f}{share(seconds)}  {detail}")
+    lines += [
         f"{'total':<24}{t['total']:10.1f}{'':>8}  {r['throughput']['samples_per_s']:.2f} samples/s, "
         f"{r['throughput']['gpu_hours_per_iteration']:.2f} GPU-hours per iteration",
         "",
-        f"communication per GPU per iteration: {c['total'] / gb:.0f} GB (comm overlap {a['comm_overlap']:.0%}, "
-        f"link efficiency {a['comm_efficiency']:.0%})",
+        f"communication per GPU per iteration: {c['total'] / gb:.0f} GB (TP / Ulysses comm overlap "
+        f"{a['comm_overlap']:.0%}, {hidden['comm']:.1f} s hidden; link efficiency {a['comm_efficiency']:.0%})",
         f"memory per GPU (dancegrpo_hpc.memory estimate): {m['total'] / gib:.1f} GiB of "
         f"{r['hardware']['memory_bytes'] / gib:.1f} GiB"
         f"{'' if r['memory_fits'] else '  -- DOES NOT FIT'} (parameters {m['parameters'] / gib:.1f}, gradients "
         f"{m['gradients'] / gib:.1f}, optimizer {m['optimizer'] / gib:.1f}, activations "
         f"{max(m['activations'], m['rollout_forward']) / gib:.1f})",
     ]
+    if att["rollout"]["backend"] != att["train"]["backend"]:
+        lines.append(f"note: rollout attention {att['rollout']['backend']} differs from training's "
+                     f"{att['train']['backend']}: the old log-probs come from another function than the ones trained "
+                     "(the engine runs one backend for both)")
     return "\n".join(lines)
 
 
