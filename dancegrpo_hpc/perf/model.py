@@ -35,9 +35,15 @@ data) uses NVLink one way (half the datasheet's bidirectional figure), else Infi
 both x comm_efficiency. TP / Ulysses time is on the critical path unless comm_overlap
 hides a fraction; the gradient sync runs after the backward, not overlapped.
 
-Also: VAE decode and reward time as per-video constants on one GPU, spread over the
-data-parallel rank's GPUs; the AdamW step as HBM traffic; memory per GPU from
-dancegrpo_hpc.memory.estimate_memory.
+With a calibration (perf/calibration.py: figures measured on a GPU) a pass's time is its
+GEMMs at the measured GEMM MFU + its attention at the backend's measured kernel MFU (sliding
+tile: the blocks its window computes, at its own MFU) + a memory-bound rest that scales with
+HBM bandwidth; the fused SDE step, log-prob and optimizer run at measured HBM fractions.
+
+Also: VAE decode and reward time as per-video constants on one GPU, on every GPU of a
+tensor x ulysses group (as the engine runs them) or split over it; rewards hide behind
+sampling except the last micro-batch's, the decode does not (each an Assumptions field);
+the AdamW step as HBM traffic; memory per GPU from dancegrpo_hpc.memory.estimate_memory.
 """
 
 from __future__ import annotations
