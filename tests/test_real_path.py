@@ -89,6 +89,7 @@ def test_validate_the_tiny_configs(name, root, capsys, tmp_path, monkeypatch):
     data = repoint(_example(name), root)
     overrides = [f"{s}.{k}={v}" for s in ("model", "data") for k, v in data[s].items()
                  if isinstance(v, str) and v.startswith(root)]
+    overrides.append(f"rewards={yaml.safe_dump(data['rewards'], default_flow_style=True).strip()}")  # reward paths too
     assert main([os.path.join(EXAMPLES, name), *overrides]) == 0
     assert main([os.path.join(EXAMPLES, name), "--no-check-paths"]) == 0
     out = capsys.readouterr().out
