@@ -346,6 +346,37 @@ def test_a_run_whose_rewards_all_fail_reports_no_number(tmp_path, failing_reward
     assert read_metrics(tmp_path)[0]["reward_mean"] is None  # the repo's reader takes it
 
 
+def _nan_on_second_held_out(videos, prompts):
+    return torch.tensor([float("nan") if p == "held out 1" else 1.0 for p in prompts])
+
+
+def _dp_evaluate(rank, world_size, output_dir):
+    from trainer_utils import TinyWorld, tiny_config
+
+    from dancegrpo_hpc.rewards import register_reward
+    from dancegrpo_hpc.rewards.registry import function_reward_factory
+
+    register_reward("test_nan_on_held_out_1", function_reward_factory("test_nan_on_held_out_1",
+                                                                      _nan_on_second_held_out), replace=True)
+    t = trainer(tiny_config(output_dir, rewards=[{"name": "test_nan_on_held_out_1"}]), world=TinyWorld(eval_prompts=2))
+    try:
+        return t.evaluate()[0]
+    finally:
+        t.close()
+
+
+@pytest.mark.distributed
+def test_evaluation_failures_are_counted_and_reported_across_data_parallel_ranks(tmp_path):
+    """Rank 0 evaluates "held out 0" (all fine), rank 1 "held out 1" (all NaN): both ranks report
+    the global counts and rank 1's first error line."""
+    from dist_utils import run_ranks
+
+    for out in run_ranks(2, _dp_evaluate, str(tmp_path)):
+        assert out["reward"] == 1.0 and (out["samples"], out["failed"]) == (2, 2)
+        assert out["failed_by_reward"] == {"test_nan_on_held_out_1": 2}
+        assert out["first_error"].startswith("test_nan_on_held_out_1: samples [0, 1]: non-finite score")
+
+
 # ---------------------------------------------------------------------------------------------
 # strict JSON files
 
