@@ -252,8 +252,8 @@ def test_bad_construction():
         HunyuanVideoDiT(cfg, attention=AttentionConfig("ring"))
     with pytest.raises(InputError, match="layer spec 'transformer_engine' needs transformer-engine"):
         HunyuanVideoDiT(cfg, spec=LayerSpec("transformer_engine"))
-    with pytest.raises(InputError, match="fp8 needs layer spec 'transformer_engine'"):
-        HunyuanVideoDiT(cfg, spec=LayerSpec("local", fp8="delayed"))
+    with pytest.raises(InputError, match="'block' is a recipe of layer spec 'transformer_engine'"):
+        HunyuanVideoDiT(cfg, spec=LayerSpec("local", fp8="block"))
     with pytest.raises(InputError, match="fp8 must be one of"):
         HunyuanVideoDiT(cfg, spec=LayerSpec("transformer_engine", fp8="e5m2"))
     with pytest.raises(InputError, match="adaln must be one of"):

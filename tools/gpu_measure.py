@@ -8,6 +8,7 @@ attention at 30 x 48 x 80 video + 256 text tokens (24 heads x 128, bf16).
     python tools/gpu_measure.py --json --out gpu.json # one JSON object
     python tools/gpu_measure.py --only mfu --layers 4 --single-layers 8 --backend flash
     python tools/gpu_measure.py --smoke               # tiny sizes, runs on CPU in seconds
+    python tools/gpu_measure.py --only fp8 [--fp8-compile]  # FP8 linears vs bf16, GEMMs and DiT step
 
 Method and definitions: dancegrpo_hpc/perf/gpu_measure/. Size flags override the
 defaults (or the --smoke sizes). Exit 2 with one line on bad input.
@@ -30,7 +31,8 @@ def dims(text: str):
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="mfu,kernels,attention", help="comma-separated parts: mfu, kernels, attention")
+    p.add_argument("--only", default="mfu,kernels,attention",
+                   help="comma-separated parts: mfu, kernels, attention, fp8 (FP8 linears vs bf16; not in the default)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, seconds): checks the logic, not the speed")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -49,6 +51,9 @@ def parse(argv):
     g.add_argument("--compile", action="store_true", default=None, help="regional torch.compile of each block")
     g.add_argument("--sdpa-kernels", help="SDPA kernels in priority order, e.g. cudnn,flash (default: the backend's)")
     g.add_argument("--profile", type=int, help="print torch.profiler's top N kernels of a forward and a train step")
+    g = p.add_argument_group("fp8")
+    g.add_argument("--fp8-compile", action="store_true", default=None,
+                   help="regional torch.compile (block.compile() per DiT block) in the fp8 part's DiT step")
     g = p.add_argument_group("kernels")
     g.add_argument("--kernel-shape", type=dims, help="latent tensor BxCxFxHxW (default 96x16x14x60x60)")
     g.add_argument("--kernel-dtype", choices=("float32", "bfloat16"))
@@ -79,7 +84,8 @@ def main(argv=None) -> int:
     sizes = base.replace(**{k: v for k, v in vars(args).items() if k in fields})
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        report = run(sizes, [p.strip() for p in args.only.split(",") if p.strip()], device, smoke=args.smoke)
+        report = run(sizes, [p.strip() for p in args.only.split(",") if p.strip()], device, smoke=args.smoke,
+                     fp8_compile=args.fp8_compile)
     except InputError as exc:
         print(f"gpu_measure: {exc}", file=sys.stderr)
         return 2

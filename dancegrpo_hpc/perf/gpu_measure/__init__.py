@@ -3,6 +3,7 @@
     mfu        DiT train-step MFU in bf16 at the 13B width with few blocks (dit.py)
     kernels    achieved bandwidth of the fused SDE step / log-prob kernels (kernels.py)
     attention  sliding-tile vs dense attention at 30 x 48 x 80 video tokens (attention.py)
+    fp8        torch._scaled_mm FP8 linears vs bf16: per-GEMM and DiT train step (fp8.py)
 
     report = run(Sizes(), ["mfu", "kernels", "attention"], torch.device("cuda"))
 
@@ -12,20 +13,24 @@ HBM fraction: that is how the logic is tested without a GPU.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import torch
 
 from ..benchmark import _rate
 from .common import SCHEMA, SMOKE, Sizes, device_facts
 
-PARTS = ("mfu", "kernels", "attention")
+PARTS = ("mfu", "kernels", "attention", "fp8")
 
 
-def run(sizes: Sizes, parts: Iterable[str], device: torch.device, smoke: bool = False) -> Dict:
+def run(sizes: Sizes, parts: Iterable[str], device: torch.device, smoke: bool = False,
+        fp8_compile: Optional[bool] = None) -> Dict:
+    """fp8_compile: regional torch.compile in the fp8 part's DiT step (None: the sizes' own
+    `compile` flag where Sizes has one, else eager)."""
     from ...checks import check_choice, require
     from .attention import measure_attention
     from .dit import measure_dit
+    from .fp8 import measure_fp8
     from .kernels import measure_kernels
 
     parts = list(parts)
@@ -35,7 +40,8 @@ def run(sizes: Sizes, parts: Iterable[str], device: torch.device, smoke: bool = 
         check_choice("gpu_measure", "part", part, PARTS)
     facts = device_facts(device)
     report = {"schema": SCHEMA, "smoke": smoke, "device": facts, "warmup": sizes.warmup, "reps": sizes.reps}
-    measure = {"mfu": measure_dit, "kernels": measure_kernels, "attention": measure_attention}
+    measure = {"mfu": measure_dit, "kernels": measure_kernels, "attention": measure_attention,
+               "fp8": lambda s, d, f: measure_fp8(s, d, f, compile=fp8_compile)}
     for part in PARTS:
         if part in parts:
             report[part] = measure[part](sizes, device, facts)
@@ -101,6 +107,10 @@ def format_report(r: Dict) -> str:
         lines.append(f"  check, window {c['window']} (every tile) vs dense: rel err {c['rel_err']:.2e} "
                      f"(tolerance {c['tolerance']:.0e}) {'ok' if c['ok'] else 'FAILED'}")
         lines.append(f"  sliding-tile paths: {a['paths']}")
+    if "fp8" in r:
+        from .fp8 import format_fp8
+
+        lines += format_fp8(r["fp8"])
     return "\n".join(lines)
 
 
