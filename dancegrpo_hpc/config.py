@@ -47,6 +47,7 @@ class ModelConfig:
     fp8: Optional[str] = None  # FP8 recipe with layer_spec transformer_engine: delayed | current | block
     adaln: str = "replicated"  # replicated | column
     activation_checkpointing: float = 1.0  # fraction of blocks recomputed in the training backward
+    compile: bool = False  # regional torch.compile of each DiT block (GPU; the first forward compiles, ~1 min)
     guidance: Optional[float] = None  # embedded guidance scale (CFG-distilled models, e.g. 6.018); x1000 into the DiT
 
 

@@ -24,14 +24,15 @@ pytest.importorskip("transformers")
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "..", "examples")
 PAIRS = {"tiny_t2v_real.yaml": "hunyuan_t2v_64gpu.yaml", "tiny_i2v_real.yaml": "skyreels_i2v_32gpu.yaml"}
-# what a tiny config may change: where things are, how big they are, and flash-attn (CUDA only)
+# what a tiny config may change: where things are, how big they are, and GPU-only settings (flash-attn;
+# regional torch.compile, which costs minutes of compilation on a CPU)
 PATH_KEYS = {"output_dir", "model.path", "data.prompts", "data.embeddings", "data.vae", "data.reference_images",
              "rewards.options.path", "rewards.options.base_path"}
 SIZE_KEYS = {"model.preset", "data.frames", "data.height", "data.width", "data.eval_prompts", "sampling.steps",
              "rollout.prompts_per_iteration", "rollout.group_size", "rollout.micro_batch", "train.iterations",
              "train.best_of_n", "parallel.tensor", "parallel.ulysses", "parallel.sequence_parallel",
              "checkpoint.every", "parallel.world_size"}
-HARDWARE_KEYS = {"model.attention"}
+HARDWARE_KEYS = {"model.attention", "model.compile"}
 
 
 @pytest.fixture(scope="module")

@@ -138,7 +138,7 @@ class Trainer:
         policy_options = dict(
             sequence_parallel=c.parallel.sequence_parallel, spec=LayerSpec(m.layer_spec, m.fp8),
             attention=AttentionConfig(backend=m.attention), adaln=m.adaln, dtype=_to_dtype(m.dtype),
-            device=self.topo.device, checkpoint_fraction=m.activation_checkpointing)
+            device=self.topo.device, checkpoint_fraction=m.activation_checkpointing, compile=m.compile)
         self.model = self.world.load_policy(**policy_options)
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
