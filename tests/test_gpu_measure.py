@@ -149,3 +149,44 @@ def test_defaults_on_cuda():
     if r["device"].get("hardware"):  # an H100 / H800 / H200 SXM: fractions of its peaks
         assert 0 < m["train_step"]["mfu"] < 1 and 0 < m["forward"]["mfu"] < 1
         assert all(0 < row["hbm_fraction"] < 1.1 for row in k["rows"])
+
+
+@pytest.fixture(scope="module")
+def fp8_smoke():
+    """The fp8 part at SMOKE sizes on CPU (torch._scaled_mm's CPU kernel), in-process."""
+    from dancegrpo_hpc.perf.gpu_measure import SMOKE, format_report, run
+
+    report = run(SMOKE, ["fp8"], torch.device("cpu"), smoke=True)
+    return report, format_report(report)
+
+
+def test_fp8_part_reports_speedups_and_errors(fp8_smoke):
+    """Speed-ups are bf16 / variant of the reported medians; the DiT's FP8 output and gradients
+    are near bf16 (same weights) but not equal; timings are never asserted."""
+    from dancegrpo_hpc.models.hunyuan_video import PRESETS
+    from dancegrpo_hpc.perf.gpu_measure.fp8 import RECIPES, gemm_shapes
+
+    report, text = fp8_smoke
+    json.dumps(report)
+    r = report["fp8"]
+    assert r["recipes"] == list(RECIPES)
+    g = r["gemms"]
+    assert g["tokens"] == 8 + 8  # 2 x 4 x 4 latent at patch 1 x 2 x 2, 8 text tokens
+    assert [row["shape"][1:] for row in g["rows"]] == [[k, n] for _, k, n in gemm_shapes(PRESETS["tiny"])]
+    assert [row["shape"][1:] for row in g["rows"]][4] == [64, 3 * 64 + 256]  # single block qkv + mlp
+    for row in g["rows"]:
+        base = row["bf16"]
+        for recipe in RECIPES:
+            v = row[recipe]
+            assert v["forward_speedup"] == pytest.approx(base["forward_s"]["median"] / v["forward_s"]["median"])
+            assert v["forward_backward_speedup"] == pytest.approx(
+                base["forward_backward_s"]["median"] / v["forward_backward_s"]["median"])
+    d = r["dit"]
+    assert d["compile"] is False and list(d["variants"]) == ["bf16", *RECIPES]
+    for recipe in RECIPES:
+        v = d["variants"][recipe]
+        assert 1e-4 < v["out_rel_err"] < 0.05 and 1e-4 < v["grad_rel_err"] < 0.1, v
+        for name in ("forward", "train_step"):
+            assert v[name]["speedup"] == pytest.approx(d["variants"]["bf16"][name]["seconds"]["median"]
+                                                       / v[name]["seconds"]["median"])
+    assert "FP8 (torch._scaled_mm) vs bf16 GEMMs" in text and "rel err vs bf16" in text

@@ -30,9 +30,12 @@ are multiples of 16: layers must have in / out features (per TP rank) that are m
 16; the weight gradient contracts over the tokens, which are zero-padded to a multiple of 16.
 
 The forward saves the fp8 activations (1 byte per element, not the input's 2 or 4) and their
-scales. The weight is not copied: the parameter itself is saved (it lives anyway) and
-re-quantized in the backward, transposed, with the forward's scale (the same fp8 values for
-the per-tensor recipes; rowwise needs other scales there anyway).
+scales, already in the wgrad's layout ([K, tokens], quantized from x transposed: the same
+values as the forward's operand for the per-tensor recipes). The weight is not copied: the
+parameter itself is saved (it lives anyway) and re-quantized in the backward, transposed,
+with the forward's scale (the same fp8 values; rowwise needs other scales there anyway).
+Transposed operands are always quantized from the high-precision tensor, never shuffled in
+fp8 (inductor's CPU backend cannot compile fp8 copies; it is one pass either way).
 
 Tensor parallelism: with a TP group every rank quantizes with the scales a single rank would
 use. Per-tensor amaxes are maxed over the group (a 2-float all-reduce in the forward, 1 float
@@ -112,18 +115,8 @@ def quantize(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, saturate:
         return F.pad(t * scale, (0, width - cols)).to(dtype).contiguous()
     out = torch.empty(rows, width, dtype=dtype, device=t.device)
     if width > cols:
-        out[:, cols:].zero_()
+        out.view(torch.uint8)[:, cols:].zero_()  # the zero byte is +0 in both formats
     torch.mul(t, scale, out=out[:, :cols])
-    return out
-
-
-def transpose_pad(q: torch.Tensor, width: int) -> torch.Tensor:
-    """q.t() as a contiguous [cols, width] fp8 tensor, zero columns past q's rows."""
-    rows, cols = q.shape
-    out = torch.empty(cols, width, dtype=q.dtype, device=q.device)
-    if width > rows:
-        out[:, rows:].zero_()
-    out[:, :rows].copy_(q.t())
     return out
 
 
@@ -214,7 +207,7 @@ class _FP8Linear(torch.autograd.Function):
             out = scaled_mm(quantize(x, sx, E4M3), quantize(weight, sw, E4M3).t(), sx.reciprocal(),
                             sw.reciprocal().reshape(1, -1), bias, x.dtype)
             saved = ()
-            if plan.train and ctx.needs_input_grad[1]:  # wgrad's x: per input feature over the tokens, laid out [K, M16]
+            if plan.train and ctx.needs_input_grad[1]:  # wgrad's x: per in feature over the tokens, [K, M16]
                 sxc = pow2_scale(amax(x, 0), E4M3)  # [1, K]
                 saved = (quantize(x.t(), sxc.reshape(-1, 1), E4M3, width=pad16(m)), sxc)
         else:
@@ -223,13 +216,15 @@ class _FP8Linear(torch.autograd.Function):
                 ax, aw = _reduce_max(torch.stack([ax, aw]), plan.group).unbind()
             ux, uw = (state.scale_amax(X, ax, E4M3), state.scale_amax(W, aw, E4M3)) if state.delayed else (ax, aw)
             sx, sw = pow2_scale(ux, E4M3), pow2_scale(uw, E4M3)
-            xq = quantize(x, sx, E4M3, saturate=state.delayed)
-            out = scaled_mm(xq, quantize(weight, sw, E4M3, saturate=state.delayed).t(), sx.reciprocal(),
-                            sw.reciprocal(), bias, x.dtype)
+            out = scaled_mm(quantize(x, sx, E4M3, saturate=state.delayed),
+                            quantize(weight, sw, E4M3, saturate=state.delayed).t(), sx.reciprocal(), sw.reciprocal(),
+                            bias, x.dtype)
             if state.delayed:
                 state.record(X, ax)
                 state.record(W, aw)
-            saved = (xq, sx, sw) if plan.train and ctx.needs_input_grad[1] else (sw,)
+            saved = (sw,)
+            if plan.train and ctx.needs_input_grad[1]:  # wgrad's x, laid out [K, M16] (same values as above)
+                saved = (quantize(x.t(), sx, E4M3, saturate=state.delayed, width=pad16(m)), sx, sw)
         ctx.save_for_backward(weight, *saved)
         ctx.plan, ctx.m, ctx.x_dtype = plan, m, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -247,8 +242,8 @@ class _FP8Linear(torch.autograd.Function):
             if need_x:  # dgrad: g per token, W per input feature (both over the out features)
                 sg = pow2_scale(plan.reduce_rows(amax(g, 1), "column"), E4M3)  # [M, 1]
                 swc = pow2_scale(plan.reduce_rows(amax(weight, 0), "column"), E4M3)  # [1, K]
-                dx = scaled_mm(quantize(g, sg, E4M3), quantize(weight.t(), swc.reshape(-1, 1), E4M3).t(), sg.reciprocal(),
-                               swc.reciprocal(), None, ctx.x_dtype)
+                wqt = quantize(weight.t(), swc.reshape(-1, 1), E4M3)  # [K, N]
+                dx = scaled_mm(quantize(g, sg, E4M3), wqt.t(), sg.reciprocal(), swc.reciprocal(), None, ctx.x_dtype)
             if need_w:  # wgrad: g^T per out feature, x per in feature (both over the tokens)
                 xqt, sxc = saved
                 sgc = pow2_scale(amax(g, 0), E4M3)  # [1, N]
@@ -258,20 +253,28 @@ class _FP8Linear(torch.autograd.Function):
         else:
             ag = _reduce_max(amax(g), plan.group)
             sg = pow2_scale(state.scale_amax(G, ag, E5M2) if state.delayed else ag, E5M2)
-            gq = quantize(g, sg, E5M2, saturate=state.delayed) if (need_x or need_w) else None
             sw = saved[-1]
             if need_x:
                 wqt = quantize(weight.t(), sw, E4M3, saturate=state.delayed)  # the forward's fp8 W, transposed
-                dx = scaled_mm(gq, wqt.t(), sg.reciprocal(), sw.reciprocal(), None, ctx.x_dtype)
+                dx = scaled_mm(quantize(g, sg, E5M2, saturate=state.delayed), wqt.t(), sg.reciprocal(),
+                               sw.reciprocal(), None, ctx.x_dtype)
             if need_w:
-                xq, sx, _ = saved
-                dw = scaled_mm(transpose_pad(gq, pad16(m)), transpose_pad(xq, pad16(m)).t(), sg.reciprocal(),
-                               sx.reciprocal(), None, weight.dtype)
+                xqt, sx, _ = saved
+                gqt = quantize(g.t(), sg, E5M2, saturate=state.delayed, width=pad16(m))
+                dw = scaled_mm(gqt, xqt.t(), sg.reciprocal(), sx.reciprocal(), None, weight.dtype)
             if state.delayed:
                 state.record(G, ag)
         if need_b:
             db = g.sum(dim=0, dtype=torch.float32).to(ctx.bias_dtype)
         return dx, dw, db, None
+
+
+@torch.compiler.disable
+def _delayed_eager(x, weight, bias, plan):
+    """Delayed scaling updates its history inside the autograd function (the gradient's amax
+    is only known in the backward); dynamo cannot trace that mutation, so under torch.compile
+    these linears run eagerly, with a graph break around each (the rest of a block compiles)."""
+    return _FP8Linear.apply(x, weight, bias, plan)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], state: FP8State,
@@ -281,7 +284,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     amaxes are reduced where a single rank would see more of the tensor."""
     lead, k = x.shape[:-1], x.shape[-1]
     train = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)  # else save nothing
-    out = _FP8Linear.apply(x.reshape(-1, k).contiguous(), weight, bias, _Plan(state, group, parallel, train))
+    apply = _delayed_eager if state.delayed and torch.compiler.is_compiling() else _FP8Linear.apply
+    out = apply(x.reshape(-1, k).contiguous(), weight, bias, _Plan(state, group, parallel, train))
     return out.reshape(*lead, out.shape[-1])
 
 

@@ -196,11 +196,13 @@ def format_fp8(r: Dict) -> list:
         return ["", r["error"]]
     g, d = r["gemms"], r["dit"]
     lines = ["", f"FP8 (torch._scaled_mm) vs bf16 GEMMs, {g['tokens']} tokens, median ms; speed-up = bf16 / variant"]
-    head = "  " + f"{'linear (K -> N)':<30}" + "".join(f"{v:>22}" for v in ("bf16", *r["recipes"])) + f"{'fp8 GEMM only':>16}"
+    head = ("  " + f"{'linear (K -> N)':<30}" + "".join(f"{v:>22}" for v in ("bf16", *r["recipes"]))
+            + f"{'fp8 GEMM only':>16}")
     lines.append(head + "   [forward | forward+backward]")
     for row in g["rows"]:
         _, k, n = row["shape"]
-        cells = [f"{row['bf16']['forward_s']['median'] * 1e3:8.3f} |{row['bf16']['forward_backward_s']['median'] * 1e3:8.3f}"]
+        base = row["bf16"]
+        cells = [f"{base['forward_s']['median'] * 1e3:8.3f} |{base['forward_backward_s']['median'] * 1e3:8.3f}"]
         for v in r["recipes"]:
             x = row[v]
             cells.append(f"{x['forward_speedup']:5.2f}x |{x['forward_backward_speedup']:5.2f}x")
