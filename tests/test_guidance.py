@@ -171,7 +171,7 @@ def test_trainer_guided_rollouts_are_on_policy_and_brighter(tmp_path, world, int
     assert bool((brightness(batch) > brightness(ref)).all())
     steps = select_train_timesteps(batch, 0.7, 0, 0, 0)
     recomputed = trainer.worker.compute_log_probs(batch, steps)
-    stored = batch.log_probs.gather(1, steps)
+    stored = batch.log_probs.gather(1, steps.to(batch.log_probs.device))  # timestep indices live on the host
     assert (recomputed - stored).abs().max() <= 1e-6  # ratio == 1 before the first update
     metrics = trainer.run_iteration(0)
     assert math.isfinite(metrics["loss"]) and "process_loss" in metrics and metrics["process_loss"] != 0

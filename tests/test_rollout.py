@@ -68,7 +68,7 @@ def test_on_policy_ratio_is_one(tmp_path, world, kind, micro_batch):
     steps = select_train_timesteps(batch, 0.7, 0, 0, 0)
     assert steps.shape == (len(batch), 3)
     recomputed = trainer.worker.compute_log_probs(batch, steps)
-    stored = batch.log_probs.gather(1, steps)
+    stored = batch.log_probs.gather(1, steps.to(batch.log_probs.device))  # timestep indices live on the host
     assert torch.isfinite(stored).all()
     assert (recomputed - stored).abs().max() <= 1e-6
     trainer.close()

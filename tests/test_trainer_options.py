@@ -63,7 +63,8 @@ def test_cfg_training_is_on_policy_and_trains(tmp_path):
     cond = trainer.world.encode(prompts, trainer.topo.device, negative=True)
     batch = trainer.worker.generate_rollouts(cond, prompts, ids, 0, trainer.world.latent_shape)
     steps = select_train_timesteps(batch, 0.7, 0, 0, 0)
-    assert (trainer.worker.compute_log_probs(batch, steps) - batch.log_probs.gather(1, steps)).abs().max() <= 1e-6
+    stored = batch.log_probs.gather(1, steps.to(batch.log_probs.device))  # timestep indices live on the host
+    assert (trainer.worker.compute_log_probs(batch, steps) - stored).abs().max() <= 1e-6
     m = trainer.run_iteration(0)
     assert m["optimizer_steps"] == 1 and math.isfinite(m["loss"])
     trainer.close()

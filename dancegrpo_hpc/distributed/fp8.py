@@ -123,6 +123,13 @@ def quantize(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, saturate:
 def scaled_mm(a, b, inv_a, inv_b, bias, out_dtype):
     """a @ b * inv_a * inv_b (+ bias): bias fused where _scaled_mm allows it (a bf16 / fp16
     output and bias of that dtype), added after otherwise."""
+    if a.device.type == "cpu" and (inv_a.numel() > 1 or inv_b.numel() > 1):
+        # CPU (oneDNN) _scaled_mm takes per-tensor scales only before torch 2.13 (seen on 2.11):
+        # the same float32 sums of the same fp8 products, scaled afterwards. Exact: every scale
+        # is a power of two, and a row / column scale factors out of its dot products.
+        one = torch.ones((), device=a.device)
+        out = torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.float32) * inv_a * inv_b
+        return (out if bias is None else out + bias.float()).to(out_dtype)
     fuse = bias is not None and out_dtype in (torch.bfloat16, torch.float16) and bias.dtype == out_dtype
     out = torch._scaled_mm(a, b, scale_a=inv_a, scale_b=inv_b, bias=bias if fuse else None, out_dtype=out_dtype)
     if bias is not None and not fuse:
