@@ -1,7 +1,9 @@
 """tools/benchmark.py and dancegrpo_hpc/perf/benchmark.py: one tiny run of the toy
 config; the report's schema, its rates against counts and times recomputed here, its
 FLOPs against the performance model and against forward_flops x the work counted here,
-calibration from the report, one-line errors, GPU detection; on CUDA, MFU and peak memory."""
+calibration from the report, one-line errors, GPU detection; on CUDA, MFU and peak memory.
+perf.measure's statistics for side-by-side benchmarks (interleaved pairs, spreads, the load
+warning, saved-tensor bytes) against injected timings and closed forms."""
 
 import json
 import math
@@ -177,3 +179,108 @@ def test_benchmark_on_cuda(tmp_path):
         else:
             peak = peak_flops(config, HARDWARE[preset])[0]
             assert phase["mfu"] == pytest.approx(phase["flops_per_s"] / peak, rel=1e-12)
+
+
+# ---- perf.measure: the statistics the side-by-side benchmarks stand on (no wall clock) ------------
+from dancegrpo_hpc.perf import measure  # noqa: E402
+
+
+def test_rounds_alternate_which_side_runs_first():
+    assert [measure.round_order(2, r) for r in range(4)] == [[0, 1], [1, 0], [0, 1], [1, 0]]
+    assert measure.round_order(3, 1) == [2, 1, 0]
+
+
+class FakeMachine:
+    """A clock that only the callables advance: each takes its base seconds x the load of its round."""
+
+    def __init__(self, base, loads):
+        self.now, self.base, self.loads, self.calls = 0.0, base, loads, []
+
+    def clock(self):
+        return self.now
+
+    def fn(self, name):
+        def run():
+            round_index = sum(1 for c in self.calls if c == name)  # this callable's own call count
+            self.calls.append(name)
+            self.now += self.base[name] * self.loads[round_index]
+        return run
+
+
+def test_interleaved_pairs_run_back_to_back_and_a_passing_load_cancels_in_the_ratio():
+    # one warm-up round, then 5 timed; a load that comes and goes multiplies both members of a pair alike
+    loads = [1.0, 1.0, 6.0, 1.0, 3.0, 1.5]
+    m = FakeMachine({"batched": 1.0, "sequential": 2.5}, loads)
+    pairs = measure.interleaved_times([m.fn("batched"), m.fn("sequential")], rounds=5, warmup=1, clock=m.clock)
+    assert m.calls == ["batched", "sequential"] + ["batched", "sequential", "sequential", "batched"] * 2 + \
+        ["batched", "sequential"]
+    assert pairs == [(1.0 * load, 2.5 * load) for load in loads[1:]]
+    ratio = measure.spread(b / a for a, b in pairs)
+    assert ratio == {"median": 2.5, "q1": 2.5, "q3": 2.5, "min": 2.5, "max": 2.5, "n": 5}
+    # the same timings as separate per-side spreads vary 6x: only the per-pair ratio is stable
+    sides = measure.spread(a for a, _ in pairs)
+    assert (sides["min"], sides["max"]) == (1.0, 6.0)
+
+
+def test_spread_quartiles_and_format():
+    s = measure.spread([4.0, 1.0, 100.0, 3.0, 2.0])
+    assert s == {"median": 3.0, "q1": 2.0, "q3": 4.0, "min": 1.0, "max": 100.0, "n": 5}
+    even = measure.spread([1.0, 2.0, 3.0, 4.0])  # inclusive quartiles: 1 + 0.75 (2 - 1), 3 + 0.25 (4 - 3)
+    assert (even["median"], even["q1"], even["q3"]) == (2.5, 1.75, 3.25)
+    assert measure.spread([7.0]) == {"median": 7.0, "q1": 7.0, "q3": 7.0, "min": 7.0, "max": 7.0, "n": 1}
+    assert measure.format_spread(s, unit="x") == "3.00x [IQR 2.00-4.00, range 1.00-100.00, n=5]"
+
+
+def test_other_processes_cpu_share_and_the_load_warning():
+    stat = "cpu  100 5 50 1000 20 3 2 10 0 0\ncpu0 50 2 25 500 10 1 1 5 0 0\n"
+    assert measure.proc_stat_busy_seconds(stat, 100) == pytest.approx((100 + 5 + 50 + 3 + 2 + 10) / 100)
+    assert measure.proc_stat_busy_seconds("intr 1 2\n", 100) is None
+    before = measure.CpuSample(wall=100.0, machine_busy=1000.0, own=40.0)
+    after = measure.CpuSample(wall=110.0, machine_busy=1015.0, own=45.0)  # 15 CPU-s busy, 5 of them ours
+    assert measure.others_cpu_share(before, after, cpus=2) == pytest.approx(0.5)
+    alone = measure.CpuSample(wall=110.0, machine_busy=1004.9, own=45.0)  # tick rounding below our own time
+    assert measure.others_cpu_share(before, alone, cpus=2) == 0.0
+    assert measure.others_cpu_share(measure.CpuSample(100.0, None, 40.0), after, cpus=2) is None
+    warning = measure.load_warning(0.5, [0.2, 0.2, 0.2], cpus=2)
+    assert warning.startswith("WARNING: machine loaded") and "50% of the 2 CPUs" in warning
+    assert measure.load_warning(0.05, [9.0, 9.0, 9.0], cpus=2) is None  # measured share wins over the load average
+    assert "load average 3.0 on 2 CPUs" in measure.load_warning(None, [3.0, 1.0, 1.0], cpus=2)
+    assert measure.load_warning(None, [0.5, 1.0, 1.0], cpus=2) is None
+
+
+def test_saved_tensor_bytes_against_a_closed_form():
+    """float32 = 4 bytes; what autograd saves for each op (torch's derivatives.yaml): exp its
+    result, sin its input, mul both operands, mm both operands (both require grad)."""
+    x = torch.randn(1000, requires_grad=True)
+    w = torch.randn(10, 20, requires_grad=True)  # a "parameter": excluded
+    h = torch.randn(5, 10, requires_grad=True)
+    with measure.SavedTensorBytes(exclude=[w]) as saved:
+        b = x.exp()  # saves b: 4000
+        c = b.sin()  # saves b again: the same storage, counted once
+        d = c * c  # saves c twice: 4000 once
+        assert saved.current_bytes == 8000
+        d.sum().backward()
+        assert saved.current_bytes == 0  # the graph and what it saved are gone
+        e = x[:500].exp()  # a second, smaller graph: 2000
+        e.sum().backward()
+        y = h.mm(w)  # saves h (200) and w (excluded)
+        assert saved.current_bytes == 200
+        base = x * 2.0  # a scalar multiply saves no tensor
+        v = base[:10].sin()  # saves a 10-element view: the whole 1000-element storage stays held
+        assert saved.current_bytes == 200 + 4000
+        (y.sum() + v.sum()).backward()
+    assert saved.current_bytes == 0
+    assert saved.peak_bytes == 8000  # graphs freed before the next one: the largest, not the sum
+
+
+def test_report_records_the_machine_load_and_the_table_warns(run):
+    report = run[0]
+    machine = report["device"]["machine"]
+    assert machine["cpus"] == os.cpu_count() and set(machine) >= {"others_cpu_share", "load_average", "warning"}
+    assert report["device"]["load_average"] == machine["load_average"]
+    loaded = json.loads(json.dumps(report))
+    loaded["device"]["machine"]["warning"] = "WARNING: machine loaded: other processes used 80% of the 2 CPUs"
+    assert format_report(loaded).endswith("\n" + loaded["device"]["machine"]["warning"])
+    quiet = json.loads(json.dumps(report))
+    quiet["device"]["machine"]["warning"] = None
+    assert "WARNING" not in format_report(quiet)

@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import random
-import subprocess
 import sys
 
 import pytest
@@ -18,6 +17,7 @@ from dancegrpo_hpc.data import text_encoders as te
 from dancegrpo_hpc.data.embedding_cache import EmbeddingCache, write_embedding_cache
 from dancegrpo_hpc.data.text_encoders import HunyuanTextEncoders
 from dancegrpo_hpc.testing.text_encoders import WORDS, save_tiny_text_encoders, tiny_text_encoders
+from dist_utils import finish_job, start_job
 from script_utils import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,17 +124,19 @@ def test_cache_round_trip_shuffled_across_shards(tmp_path, modules):
     assert torch.equal(m, wm)
 
 
-def _precompute(*args, ranks=1, cwd=ROOT):
+def _precompute(*args, ranks=1, cwd=ROOT, log_dir=None):
     if ranks == 1:
         return _tool().main(list(args))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
            os.path.join(ROOT, "tools", "precompute_embeddings.py"), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    job = start_job(cmd, os.path.join(log_dir, "torchrun.log"), cwd=cwd, env=env)  # own session: a timeout kills every rank
+    out = finish_job(job, 600)
+    assert job.returncode == 0, out[-3000:]
     return out
 
 
+@pytest.mark.distributed
 def test_precompute_two_torchrun_ranks_equal_one_rank(tmp_path, encoder_root, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS + ["", PROMPTS[0]]) + "\n")  # empty lines and duplicates are dropped
@@ -142,8 +144,8 @@ def test_precompute_two_torchrun_ranks_equal_one_rank(tmp_path, encoder_root, ca
     assert _precompute(*common, "--out", str(tmp_path / "one")) == 0
     out = capsys.readouterr().out
     assert f"{len(PROMPTS)} prompts" in out and "1 prompt(s) longer than 256 Llama tokens, 1 longer than 77" in out
-    two = _precompute(*common, "--out", str(tmp_path / "two"), ranks=2)
-    assert "2 rank(s)" in two.stdout
+    two = _precompute(*common, "--out", str(tmp_path / "two"), ranks=2, log_dir=str(tmp_path))
+    assert "2 rank(s)" in two
     one, two = EmbeddingCache.open(str(tmp_path / "one")), EmbeddingCache.open(str(tmp_path / "two"))
     assert sorted(one.prompts) == sorted(two.prompts) == sorted(PROMPTS)
     assert {s["file"][:9] for s in two.index["shards"]} == {"rank00000", "rank00001"}

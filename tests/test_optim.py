@@ -2,6 +2,7 @@
 where in-place bf16 AdamW loses small updates; float32 parameters are plain AdamW;
 the masters survive a state_dict round trip and ZeRO-1 sharding."""
 
+import pytest
 import torch
 
 from dist_utils import run_ranks
@@ -90,6 +91,7 @@ def _zero_rank(rank, world):
     return [p.data for p in params], [m.numel() for m in local["master_params"]]
 
 
+@pytest.mark.distributed
 def test_zero_shards_the_masters_and_matches_one_rank():
     weights, grads = _weights_and_grads()
     single = [torch.nn.Parameter(w.bfloat16()) for w in weights]

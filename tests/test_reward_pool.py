@@ -5,13 +5,12 @@ samples, and a 3-rank torchrun (2 training + 1 reward rank) trains exactly as
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from dist_utils import run_ranks
+from dist_utils import finish_job, run_ranks, start_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, "examples", "toy_t2v.yaml")
@@ -65,6 +64,7 @@ def _pool_rank(rank, world, reward_ranks):
     return {"got": got, "want": want, "again": again, "train_world": dist.get_world_size(), "sum": total.item()}
 
 
+@pytest.mark.distributed
 def test_pool_scores_equal_local_scoring_and_failures_come_back():
     results = run_ranks(3, _pool_rank, 1)
     trainers, server = results[:2], results[2]
@@ -99,14 +99,15 @@ def _torchrun(ranks, out, *overrides):
            "data.eval_prompts=2", "eval.samples_per_prompt=1", "logging.tensorboard=false",
            "logging.sample_grid=false", "checkpoint.every=1", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1", THP_MEM_ALLOC_ENABLE="1")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return start_job(cmd, f"{out}.log", cwd=ROOT, env=env)  # own session: a timeout kills every rank
 
 
+@pytest.mark.distributed
 def test_torchrun_two_training_ranks_with_local_or_pooled_rewards(tmp_path):
     pooled = _torchrun(3, tmp_path / "pooled", "rollout.reward_ranks=1")
-    out_pooled = pooled.communicate(timeout=600)[0]
+    out_pooled = finish_job(pooled, 600)
     local = _torchrun(2, tmp_path / "local")
-    out_local = local.communicate(timeout=600)[0]
+    out_local = finish_job(local, 600)
     assert pooled.returncode == 0, out_pooled[-3000:]
     assert local.returncode == 0, out_local[-3000:]
     assert "[reward pool] rank 2: scored" in out_pooled

@@ -166,3 +166,47 @@ def test_pretrain_toy_resumes_its_state_file_without_unpickling_code(tmp_path, c
     assert f"resumed from {toy_state} at step 2" in capsys.readouterr().out
     weights = {n: t for n, t in saved.state_dict().items() if isinstance(t, torch.Tensor)}  # (megatron adds None)
     assert weights and all(torch.equal(resumed.state_dict()[n], t) for n, t in weights.items())
+
+
+def test_bench_train_json_contract_and_exact_step_memory():
+    """tools/bench_train.py on a tiny rollout: the speed-up and rates are the statistics of the
+    interleaved pairs it reports; what a training step saves for backward does not grow with
+    the trained timesteps (each backward frees its graph before the next forward), exactly."""
+    import statistics
+
+    report = json.loads(run("tools/bench_train.py", "--rounds", "2", "--prompts", "1", "--group", "2",
+                            "--json").strip().splitlines()[-1])
+    pairs = report["rollout_pairs_s"]
+    assert len(pairs) == 2 and all(a > 0 and b > 0 for a, b in pairs)
+    samples = report["workload"]["samples"]
+    assert samples == 2
+    speedup = report["rollout_speedup"]
+    assert speedup["median"] == pytest.approx(statistics.median(b / a for a, b in pairs), rel=1e-12)
+    assert (speedup["min"], speedup["max"], speedup["n"]) == (min(b / a for a, b in pairs),
+                                                              max(b / a for a, b in pairs), 2)
+    assert report["rollout_batched_sps"] == pytest.approx(statistics.median(samples / a for a, _ in pairs), rel=1e-12)
+    assert report["train_step_s"] == pytest.approx(statistics.median(report["train_step_s_rounds"]), rel=1e-12)
+    memory = report["memory"]
+    assert memory["one_timestep"]["timesteps"] == 1 and memory["all_timesteps"]["timesteps"] == 9
+    assert memory["one_timestep"]["saved_bytes"] > 0
+    assert memory["all_timesteps"]["saved_bytes"] == memory["one_timestep"]["saved_bytes"] and memory["ratio"] == 1.0
+    assert report["machine"]["cpus"] == os.cpu_count() and "warning" in report["machine"]
+
+
+def test_bench_train_bad_rounds_is_one_line(capsys):
+    assert load_script("tools/bench_train.py").main(["--rounds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "bench_train: --rounds must be an integer >= 1; got 0\n"
+
+
+def test_bench_kernels_and_bench_model_report_the_per_round_spread():
+    kernels = json.loads(run("tools/bench_kernels.py", "--sizes", "64K", "--reps", "3", "--json").strip().splitlines()[-1])
+    for row in kernels["rows"]:
+        s = row["speedup_spread"]
+        assert s["n"] == 3 and s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
+    assert set(kernels["machine"]) >= {"cpus", "others_cpu_share", "warning"}
+    model = json.loads(run("tools/bench_model.py", "--configs", "small", "--rounds", "3", "--json").strip().splitlines()[-1])
+    for row in model["rows"]:
+        s = row["speedup_spread"]
+        assert s["n"] == 3 and row["speedup"] == s["median"] and s["min"] <= s["median"] <= s["max"]
+    assert set(model["machine"]) >= {"cpus", "others_cpu_share", "warning"}

@@ -6,11 +6,15 @@ Per size: time (median), effective GB/s (bytes the op must read and write: each
 input read once, each output written once) and the fused/eager speedup. The
 rollout op writes into preallocated buffers as the sampler does (a trajectory
 slot); `dance_step_alloc` shows it with fresh outputs. Timings of one size are
-interleaved (copy, fused, eager, copy, ...) so machine noise hits all alike.
+interleaved, back to back (copy, fused, eager, then eager, fused, copy, ...:
+perf.measure.interleaved_times), so machine noise hits all alike; the speedup's spread
+is that of the per-round eager/fused ratios, and a WARNING line says when other
+processes used the CPUs meanwhile.
 
     python tools/bench_kernels.py [--sizes 1M,16M,64M] [--threads 2] [--json]
 With --json the last line printed is one JSON object:
-    {"copy_gbps", "rows": [{"numel", "op", "fused_s", "eager_s", "speedup", "fused_gbps", ...}], ...}
+    {"copy_gbps", "rows": [{"numel", "op", "fused_s", "eager_s", "speedup", "speedup_spread", "fused_gbps", ...}],
+     "machine": {"others_cpu_share", "warning", ...}, ...}
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 import torch
 
 from dancegrpo_hpc.ops import fused, fused_available, reference
+from dancegrpo_hpc.perf.measure import LoadMonitor, format_spread, interleaved_times, spread
 
 BATCH = 4  # samples per call; each holds numel / BATCH elements
 TARGET_NUMEL = 16 << 20
@@ -34,19 +38,6 @@ def parse_size(text: str) -> int:
     text = text.strip().upper()
     scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
     return int(float(text[:-1] if text[-1] in "KMG" else text) * scale)
-
-
-def interleaved_medians(fns, reps: int):
-    """Runs each callable once per round (after one warm-up round); median seconds each."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return [statistics.median(b) for b in times]
 
 
 def bench_size(numel: int, reps: int):
@@ -85,11 +76,13 @@ def bench_size(numel: int, reps: int):
     ]
     rows = []
     for op, bpe, fused_fn, eager_fn in cases:
-        copy_s, fused_s, eager_s = interleaved_medians([lambda: dst.copy_(src), fused_fn, eager_fn], reps)
+        rounds = interleaved_times([lambda: dst.copy_(src), fused_fn, eager_fn], reps)
+        copy_s, fused_s, eager_s = (statistics.median(r[i] for r in rounds) for i in range(3))
         copy_gbps = 8 * numel / copy_s / 1e9
         fused_gbps = bpe * numel / fused_s / 1e9
         rows.append({
             "numel": numel, "op": op, "fused_s": fused_s, "eager_s": eager_s, "speedup": eager_s / fused_s,
+            "speedup_spread": spread(eager / fused for _, fused, eager in rounds),
             "fused_gbps": fused_gbps, "eager_gbps": bpe * numel / eager_s / 1e9, "copy_gbps": copy_gbps,
             "copy_fraction": fused_gbps / copy_gbps, "bytes_per_element": bpe,
         })
@@ -109,17 +102,20 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     rows = []
-    for numel in sizes:
-        reps = args.reps or max(5, min(40, int(4e8 / numel)))
-        rows += bench_size(numel, reps)
+    with LoadMonitor() as load:
+        for numel in sizes:
+            reps = args.reps or max(5, min(40, int(4e8 / numel)))
+            rows += bench_size(numel, reps)
+    machine = load.report()
 
     isa = torch.ops.dancegrpo_hpc.cpu_isa()
     print(f"fused SDE kernels vs eager torch, {args.threads} threads, CPU ISA {isa}, batch {BATCH}, float32")
     print(f"{'numel':>10s} {'op':24s} {'fused ms':>9s} {'eager ms':>9s} {'speedup':>8s} {'fused GB/s':>11s} "
-          f"{'eager GB/s':>11s} {'copy GB/s':>10s} {'of copy':>8s}")
+          f"{'eager GB/s':>11s} {'copy GB/s':>10s} {'of copy':>8s}  per-round speedup")
     for r in rows:
         print(f"{r['numel']:>10d} {r['op']:24s} {r['fused_s'] * 1e3:9.2f} {r['eager_s'] * 1e3:9.2f} {r['speedup']:7.1f}x "
-              f"{r['fused_gbps']:11.1f} {r['eager_gbps']:11.2f} {r['copy_gbps']:10.1f} {r['copy_fraction']:7.0%}")
+              f"{r['fused_gbps']:11.1f} {r['eager_gbps']:11.2f} {r['copy_gbps']:10.1f} {r['copy_fraction']:7.0%}  "
+              f"{format_spread(r['speedup_spread'], fmt='{:.1f}', unit='x')}")
     target_rows = [r for r in rows if r["numel"] == TARGET_NUMEL and r["op"] == "dance_step"]
     targets = {}
     if target_rows:
@@ -134,9 +130,11 @@ def main(argv=None) -> int:
               f"{'met' if targets['speedup_met'] else 'MISSED'}), {r['copy_fraction']:.0%} of copy bandwidth "
               f"(>= {TARGET_COPY_FRACTION:.0%}: {'met' if targets['copy_fraction_met'] else 'MISSED'})")
     copy_ref = [r["copy_gbps"] for r in rows if r["numel"] == (TARGET_NUMEL if target_rows else sizes[-1])]
+    if machine["warning"]:
+        print(machine["warning"])
     if args.json:
         print(json.dumps({"copy_gbps": statistics.median(copy_ref), "threads": args.threads, "isa": isa,
-                          "batch": BATCH, "rows": rows, "targets": targets}))
+                          "batch": BATCH, "rows": rows, "targets": targets, "machine": machine}))
     return 0
 
 

@@ -7,15 +7,18 @@ it over ("medium-nopad": no padding, where both models do the same work).
 
 Method: each config runs in a fresh process, both models in it, with PyTorch's
 transparent-huge-page allocation (THP_MEM_ALLOC_ENABLE=1, as recommended for CPU
-runs; --no-thp to measure without). Each round runs both models once in random
-order (a fixed order biases the result: each run inherits the allocator and cache
-state the other left). Times are medians over rounds; the speedup is the median of
-the per-round ratios diffusers / ours. On our 2-core VMs first touches of fresh
+runs; --no-thp to measure without). Each round runs both models once, back to back,
+the order alternating round by round (perf.measure.interleaved_times; a fixed order
+biases the result: each run inherits the allocator and cache state the other left).
+Times are medians over rounds; the speedup is the median of the per-round ratios
+diffusers / ours, reported with their quartiles and range; a WARNING line says when
+other processes used the CPUs meanwhile. On our 2-core VMs first touches of fresh
 memory are expensive and glibc's reuse of freed memory depends on allocation order,
 which is why these isolations matter.
 
     python tools/bench_model.py [--configs small,medium] [--threads 2] [--json]
-With --json the last line is {"rows": [{"config", "pass", "ours_s", "diffusers_s", "speedup"}]}.
+With --json the last line is {"rows": [{"config", "pass", "ours_s", "diffusers_s", "speedup",
+"speedup_spread"}], "machine": {...}}.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
+
+from dancegrpo_hpc.perf.measure import LoadMonitor, format_spread, interleaved_times, spread
 
 CONFIGS = {
     # name: (config overrides of the tiny preset, latent (frames, height, width), text tokens, valid prompt tokens)
@@ -70,23 +73,11 @@ def build(name: str, batch: int):
     return ref, ours, inputs
 
 
-def compare(ours_fn, ref_fn, rounds: int, rng: random.Random):
-    """(median ours s, median diffusers s, median per-round diffusers/ours)."""
-    for fn in (ours_fn, ref_fn, ours_fn, ref_fn):  # warm-up
-        fn()
-    t_ours, t_ref, ratios = [], [], []
-    for _ in range(rounds):
-        order = [("ours", ours_fn), ("ref", ref_fn)]
-        rng.shuffle(order)
-        times = {}
-        for name, fn in order:
-            start = time.perf_counter()
-            fn()
-            times[name] = time.perf_counter() - start
-        t_ours.append(times["ours"])
-        t_ref.append(times["ref"])
-        ratios.append(times["ref"] / times["ours"])
-    return statistics.median(t_ours), statistics.median(t_ref), statistics.median(ratios)
+def compare(ours_fn, ref_fn, rounds: int):
+    """(median ours s, median diffusers s, spread of the per-round ratios diffusers/ours)."""
+    pairs = interleaved_times([ours_fn, ref_fn], rounds, warmup=2)
+    return (statistics.median(o for o, _ in pairs), statistics.median(r for _, r in pairs),
+            spread(r / o for o, r in pairs))
 
 
 def run_config(name: str, args) -> list:
@@ -112,11 +103,11 @@ def run_config(name: str, args) -> list:
 
         return fwd_bwd if backward else fwd
 
-    rows, rng = [], random.Random(0)
+    rows = []
     for pass_name, backward in (("fwd", False), ("fwd_bwd", True)):
-        ours_s, ref_s, speedup = compare(run(ours, False, backward), run(ref, True, backward), args.rounds, rng)
+        ours_s, ref_s, ratios = compare(run(ours, False, backward), run(ref, True, backward), args.rounds)
         rows.append({"config": name, "pass": pass_name, "ours_s": ours_s, "diffusers_s": ref_s,
-                     "speedup": speedup, "output_rel_err": check})
+                     "speedup": ratios["median"], "speedup_spread": ratios, "output_rel_err": check})
     return rows
 
 
@@ -135,23 +126,29 @@ def main(argv=None) -> int:
         return 0
     rows = []
     env = dict(os.environ, THP_MEM_ALLOC_ENABLE="0" if args.no_thp else "1")
-    for name in args.configs.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads),
-               "--batch", str(args.batch), "--rounds", str(args.rounds)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            return out.returncode
-        rows += json.loads(out.stdout.strip().splitlines()[-1])
+    with LoadMonitor() as load:  # counts the workers' CPU as ours once they have exited
+        for name in args.configs.split(","):
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads),
+                   "--batch", str(args.batch), "--rounds", str(args.rounds)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr, file=sys.stderr)
+                return out.returncode
+            rows += json.loads(out.stdout.strip().splitlines()[-1])
+    machine = load.report()
     print(f"HunyuanVideo DiT: ours vs diffusers, {args.threads} threads, batch {args.batch}, float32, same weights, "
           f"THP {'off' if args.no_thp else 'on'}")
-    print(f"median of {args.rounds} rounds, random order per round; speedup = median per-round diffusers/ours")
-    print(f"{'config':8s} {'pass':8s} {'ours ms':>9s} {'diffusers ms':>13s} {'speedup':>8s} {'rel err':>9s}")
+    print(f"median of {args.rounds} rounds, back to back in alternating order; speedup = median per-round "
+          "diffusers/ours [IQR, range, n]")
+    print(f"{'config':8s} {'pass':8s} {'ours ms':>9s} {'diffusers ms':>13s} {'rel err':>9s}  speedup")
     for r in rows:
         print(f"{r['config']:8s} {r['pass']:8s} {r['ours_s'] * 1e3:9.1f} {r['diffusers_s'] * 1e3:13.1f} "
-              f"{r['speedup']:7.2f}x {r['output_rel_err']:9.1e}")
+              f"{r['output_rel_err']:9.1e}  {format_spread(r['speedup_spread'], unit='x')}")
+    if machine["warning"]:
+        print(machine["warning"])
     if args.json:
-        print(json.dumps({"threads": args.threads, "batch": args.batch, "thp": not args.no_thp, "rows": rows}))
+        print(json.dumps({"threads": args.threads, "batch": args.batch, "thp": not args.no_thp, "rows": rows,
+                          "machine": machine}))
     return 0
 
 

@@ -114,11 +114,11 @@ def run_benchmark(config, warmup: int = 1, rounds: int = 3, world=None, source: 
     from ..checks import require
     from ..distributed import parallel
     from ..rl.trainer import Trainer
-    from .measure import Phase, device_info, load_average
+    from .measure import LoadMonitor, Phase, device_info
 
     require(isinstance(rounds, int) and rounds >= 1, f"benchmark: rounds must be an integer >= 1; got {rounds!r}")
     require(isinstance(warmup, int) and warmup >= 0, f"benchmark: warmup must be an integer >= 0; got {warmup!r}")
-    load_start = load_average()
+    load = LoadMonitor().start()  # other processes' CPU share over the run: flags unreliable timings
     owns_dist = not dist.is_initialized()
     out_dir = tempfile.mkdtemp(prefix="dancegrpo-benchmark-")
     trainer = None
@@ -140,7 +140,8 @@ def run_benchmark(config, warmup: int = 1, rounds: int = 3, world=None, source: 
                 log(f"[benchmark] {label}: iteration {p.seconds:.3f} s, phases "
                     + ", ".join(f"{name} {sink.data[name][-1]['seconds']:.3f}" for name in PHASES))
         info = device_info(device, config)
-        info["load_average"] = {"start": load_start, "end": load_average()}  # 1/5/15-min: how shared the machine was
+        info["machine"] = load.stop()
+        info["load_average"] = info["machine"]["load_average"]  # 1/5/15-min at start and end
         return _report(config, trainer, timed, info, warmup, rounds, source or {})
     finally:
         if trainer is not None:
@@ -289,4 +290,6 @@ def format_report(r: Dict) -> str:
     ]
     if "note" in d:
         lines.append(d["note"])
+    if d.get("machine", {}).get("warning"):
+        lines.append(d["machine"]["warning"])
     return "\n".join(lines)
