@@ -406,3 +406,20 @@ def test_tiny_dit_in_fp8_on_cuda_equals_cpu(tiny_reference, recipe):
     out16, grads16 = cuda_run(torch.bfloat16)
     assert torch.isfinite(out16).all() and torch.isfinite(grads16).all()
     assert rel(out16, cpu_out) < 0.1
+
+
+def test_row_scales_without_cpu_support_give_the_same_result(monkeypatch):
+    """torch 2.11's CPU _scaled_mm takes per-tensor scales only (seen on the H200 machine's
+    torch): scaled_mm then scales the float32 sums afterwards, the same numbers."""
+    import dancegrpo_hpc.distributed.fp8 as fp8
+
+    x, w, b, g = operands(m=48, k=64, n=32, dtype=torch.bfloat16)
+    native = run("rowwise", x, w, b, g)
+    monkeypatch.setattr(fp8, "CPU_ROW_SCALES", False)
+    calls = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(k["scale_a"].numel()) or real(*a, **k))
+    fallback = run("rowwise", x, w, b, g)
+    assert calls and set(calls) == {1}  # only per-tensor (unit) scales reached _scaled_mm
+    for got, want in zip(fallback, native):
+        assert torch.equal(got, want)

@@ -120,11 +120,25 @@ def quantize(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, saturate:
     return out
 
 
+def _cpu_takes_row_scales() -> bool:
+    """Whether CPU (oneDNN) _scaled_mm takes row / column scales: torch 2.13 does, 2.11 takes
+    per-tensor scales only ("Now _scaled_mm only supports per-tensor scaling for CPU backend")."""
+    a = torch.ones(16, 16).to(E4M3)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+        return True
+    except RuntimeError:
+        return False
+
+
+# probed once at import: scaled_mm runs inside torch.compile'd blocks, which should not trace a probe
+CPU_ROW_SCALES = _cpu_takes_row_scales()
+
+
 def scaled_mm(a, b, inv_a, inv_b, bias, out_dtype):
     """a @ b * inv_a * inv_b (+ bias): bias fused where _scaled_mm allows it (a bf16 / fp16
     output and bias of that dtype), added after otherwise."""
-    if a.device.type == "cpu" and (inv_a.numel() > 1 or inv_b.numel() > 1):
-        # CPU (oneDNN) _scaled_mm takes per-tensor scales only before torch 2.13 (seen on 2.11):
+    if a.device.type == "cpu" and not CPU_ROW_SCALES and (inv_a.numel() > 1 or inv_b.numel() > 1):
         # the same float32 sums of the same fp8 products, scaled afterwards. Exact: every scale
         # is a power of two, and a row / column scale factors out of its dot products.
         one = torch.ones((), device=a.device)
