@@ -30,7 +30,8 @@ DATA_SOURCES = ("toy", "prompts")
 # tests/test_config.py keeps them equal.
 ATTENTION_BACKENDS = ("sdpa", "flash", "xformers", "te", "sliding_tile")
 LAYER_SPECS = ("local", "transformer_engine")
-FP8_RECIPES = ("delayed", "current", "block")
+FP8_RECIPES = ("delayed", "current", "block")  # Transformer Engine's
+LOCAL_FP8_RECIPES = ("current", "delayed", "rowwise")  # torch._scaled_mm (distributed/fp8.py)
 ADALN_MODES = ("replicated", "column")
 # The real (HunyuanVideo) VAE: 4x in time ((F - 1) / 4 + 1 latent frames), 8x in space.
 VIDEO_VAE_TIME, VIDEO_VAE_SPACE = 4, 8
@@ -44,7 +45,8 @@ class ModelConfig:
     dtype: str = "float32"  # parameter dtype; bfloat16 keeps fp32 optimizer moments in AdamW
     attention: str = "sdpa"  # sdpa | flash | xformers | te | sliding_tile
     layer_spec: str = "local"  # local | transformer_engine
-    fp8: Optional[str] = None  # FP8 recipe with layer_spec transformer_engine: delayed | current | block
+    fp8: Optional[str] = None  # FP8 recipe: local (torch._scaled_mm): current | delayed | rowwise;
+    #                            transformer_engine: delayed | current | block
     adaln: str = "replicated"  # replicated | column
     activation_checkpointing: float = 1.0  # fraction of blocks recomputed in the training backward
     compile: bool = False  # regional torch.compile of each DiT block (GPU; the first forward compiles, ~1 min)
@@ -198,10 +200,8 @@ class Config:
         check_choice("config", "model.dtype", m.dtype, DTYPES)
         check_choice("config", "model.attention", m.attention, ATTENTION_BACKENDS)
         check_choice("config", "model.layer_spec", m.layer_spec, LAYER_SPECS)
-        check_choice("config", "model.fp8", m.fp8, (None, *FP8_RECIPES))
+        _check_fp8(m)
         check_choice("config", "model.adaln", m.adaln, ADALN_MODES)
-        require(m.fp8 is None or m.layer_spec == "transformer_engine",
-                f"config: model.fp8={m.fp8!r} needs model.layer_spec=transformer_engine (or set model.fp8=null)")
         check_choice("config", "data.source", self.data.source, DATA_SOURCES)
         check_choice("config", "sampling.kind", s.kind, SAMPLER_KINDS)
         check_choice("config", "rollout.buffer_device", r.buffer_device, ("device", "cpu"))
@@ -461,6 +461,17 @@ def _check_finite(node, where: str) -> None:
             _check_finite(item, f"{where}[{i}]")
     elif isinstance(node, float):
         require(math.isfinite(node), f"config: {where} must be a finite number; got {node!r}")
+
+
+def _check_fp8(m: "ModelConfig") -> None:
+    """model.fp8 must be a recipe of model.layer_spec: each spec has its own FP8 implementation."""
+    recipes = {"local": LOCAL_FP8_RECIPES, "transformer_engine": FP8_RECIPES}
+    if m.fp8 is None or m.fp8 in recipes[m.layer_spec]:
+        return
+    others = [spec for spec, names in recipes.items() if m.fp8 in names]
+    hint = f"; {m.fp8!r} is a recipe of model.layer_spec={others[0]}" if others else ""
+    raise InputError(f"config: model.fp8={m.fp8!r} is not a recipe of model.layer_spec={m.layer_spec} (its recipes: "
+                     f"{', '.join(recipes[m.layer_spec])}){hint}; or set model.fp8=null")
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:

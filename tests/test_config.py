@@ -85,6 +85,7 @@ def test_choice_mirrors_match_the_model_registries():
     assert cfg.ATTENTION_BACKENDS == tuple(BACKENDS)
     assert cfg.LAYER_SPECS == spec.SPECS
     assert cfg.FP8_RECIPES == spec.FP8_RECIPES
+    assert cfg.LOCAL_FP8_RECIPES == spec.LOCAL_FP8_RECIPES
     assert cfg.ADALN_MODES == model.ADALN_MODES
 
 
@@ -99,7 +100,7 @@ def test_choice_mirrors_match_the_model_registries():
     (["sampling.kind=euler"], "sampling.kind"),  # bad choice
     (["model.attention=magic"], "model.attention"),
     (["model.layer_spec=te"], "model.layer_spec"),
-    (["model.fp8=delayed"], "model.fp8"),  # FP8 needs the transformer_engine spec
+    (["model.fp8=block"], "model.fp8"),  # a Transformer Engine recipe with the local spec
     (["data.source=webdataset"], "data.source"),
     (["train.best_of_n=3"], "train.best_of_n"),  # odd
     (["train.best_of_n=10"], "train.best_of_n"),  # above the group size
@@ -416,3 +417,13 @@ def test_sbatch_dry_run_takes_the_master_from_scontrol(tmp_path):
 def test_real_data_loader_options_are_checked(override, words):
     with pytest.raises(InputError, match=re.escape(words)):
         load_config(example("hunyuan_t2v_64gpu.yaml"), [override], paths=False)
+
+
+def test_local_fp8_recipes_are_accepted_and_te_ones_named():
+    for recipe in ("current", "delayed", "rowwise"):
+        assert load_config(None, [f"model.fp8={recipe}"]).model.fp8 == recipe
+    with pytest.raises(InputError) as err:
+        load_config(None, ["model.fp8=block"])
+    assert str(err.value) == ("config: model.fp8='block' is not a recipe of model.layer_spec=local (its recipes: current, "
+                              "delayed, rowwise); 'block' is a recipe of model.layer_spec=transformer_engine; or set "
+                              "model.fp8=null")
