@@ -102,3 +102,4 @@ def test_compiled_blocks_under_tensor_and_sequence_parallelism():
         torch.testing.assert_close(*r["out"], rtol=1e-5, atol=1e-6)
         for name, (got, want) in r["grads"].items():
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+

@@ -264,3 +264,14 @@ def test_bad_construction():
         cfg.replace(rope_axes_dim=(4, 6, 8))
     with pytest.raises(InputError, match="activation checkpointing: fraction must lie in \\[0, 1\\]"):
         HunyuanVideoDiT(cfg, checkpoint_fraction=1.5)
+
+
+def test_patch_embedding_is_the_convolution():
+    """PatchEmbed runs diffusers' Conv3d (kernel = stride = patch) as one GEMM over patches."""
+    from dancegrpo_hpc.models.hunyuan_video.layers import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed((1, 2, 2), 5, 12).double()
+    x = torch.randn(2, 5, 3, 6, 8, dtype=torch.float64)
+    want = embed.proj(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(embed(x), want, rtol=1e-12, atol=1e-12)

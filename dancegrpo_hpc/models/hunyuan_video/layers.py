@@ -84,14 +84,23 @@ class MLPEmbedder(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """[B, C, F, H, W] -> [B, N, D] tokens in (frame, row, column) order."""
+    """[B, C, F, H, W] -> [B, N, D] tokens in (frame, row, column) order.
+
+    The weights are diffusers' Conv3d (kernel = stride = patch), but the product runs as
+    one GEMM over the non-overlapping patches: the same function, under torch's matmul
+    precision (float32 stays float32; cuDNN convolutions default to TF32 on Ampere and
+    later, whose 10-bit inputs, with algorithms picked per batch size, made a float32
+    model's velocity depend on the batch) and without cuDNN's layout conversions."""
 
     def __init__(self, patch: Tuple[int, int, int], in_channels: int, dim: int):
         super().__init__()
         self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        b, c, f, h, w = x.shape
+        pt, ph, pw = self.proj.kernel_size
+        patches = x.reshape(b, c, f // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return F.linear(patches.reshape(b, -1, c * pt * ph * pw), self.proj.weight.flatten(1), self.proj.bias)
 
 
 def rope_tables(grid: Sequence[int], axes_dim: Sequence[int], theta: float, device) -> torch.Tensor:
