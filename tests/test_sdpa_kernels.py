@@ -85,3 +85,43 @@ def test_cudnn_training_backward_matches_flash(tokens):
         assert torch.isfinite(a).all()
         # two bf16 kernels with float32 accumulation: relative L2 difference ~1e-3 (bf16 output rounding)
         assert ((a - b).norm() / b.norm()).item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_dit_trains_at_the_issue_size():
+    """The first H200 run's failure: our DiT at the 13B width, 12,600 video + 256 text tokens, bf16,
+    one dual- and one single-stream block, a training step with SDPA's default kernels (cuDNN
+    first). Its gradients must match the flash-only model's (same weights) to bf16 precision."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from dancegrpo_hpc.distributed import parallel
+    from dancegrpo_hpc.models.hunyuan_video import HunyuanVideoDiT, preset
+
+    parallel.initialize(seed=0)
+    cfg = preset("hunyuan-t2v-13b").replace(num_layers=1, num_single_layers=1, num_refiner_layers=1)
+    g = torch.Generator("cuda").manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 14, 60, 60, device="cuda", dtype=torch.bfloat16, generator=g),
+                  timestep=torch.full((1,), 500.0, device="cuda"),
+                  encoder_hidden_states=torch.randn(1, 256, 4096, device="cuda", dtype=torch.bfloat16, generator=g),
+                  pooled_projections=torch.randn(1, 768, device="cuda", dtype=torch.bfloat16, generator=g),
+                  guidance=torch.full((1,), 6000.0, device="cuda"))
+    grads = []
+    state = None
+    for kernels in (None, ("flash",)):
+        model = HunyuanVideoDiT(cfg, attention=AttentionConfig("sdpa", sdpa_kernels=kernels), dtype=torch.bfloat16,
+                                device="cuda", init_weights=state is None)
+        if state is None:
+            state = model.state_dict()
+        else:
+            model.load_state_dict(state)
+        out = model(**inputs)
+        out.float().square().mean().backward()
+        torch.cuda.synchronize()  # a faulting kernel reports here, not at a later cuBLAS call
+        grads.append({n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None})
+        del model, out
+    for name, want in grads[1].items():
+        got = grads[0][name]
+        assert torch.isfinite(got).all(), name
+        # two bf16 attention kernels with float32 accumulation feed the same bf16 network
+        assert ((got - want).norm() / want.norm().clamp(min=1e-12)).item() < 5e-2, name
+    parallel.destroy()
