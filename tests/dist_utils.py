@@ -111,8 +111,37 @@ def job_output(job):
         return f.read()
 
 
+def _descendants(pid: int) -> list:
+    """Every living process below pid, read from /proc (children before grandchildren)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [c for p in frontier for c in children.get(p, [])]
+        found += kids
+        frontier = kids
+    return found
+
+
 def kill_job(job):
+    """kill -9 the launcher and every rank. torchrun starts each rank in a session of its own
+    (torch.distributed.elastic's subprocess handler: start_new_session=True), so killing the
+    launcher's process group alone left the ranks running, orphaned."""
+    ranks = _descendants(job.pid)
     os.killpg(job.pid, signal.SIGKILL)
+    for pid in ranks:
+        for kill in (os.killpg, os.kill):  # a rank leads its own group; its children may not
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     job.wait()
 
 

@@ -3,6 +3,7 @@ stays held by the parent while the ranks run (no window for a parallel run to ta
 and a rank that fails or dies is reported, with the survivors not waited for."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -75,3 +76,41 @@ def test_a_failing_rank_is_reported_and_the_others_are_not_awaited(how, message)
     text = str(info.value)
     assert "rank 1:" in text and message in text
     assert "rank 0:" in text  # its barrier failed, or it was still waiting when the grace period ended
+
+
+def test_kill_job_kills_the_ranks_torchrun_starts_in_their_own_sessions(tmp_path):
+    """kill_job must leave no rank behind: torchrun puts every rank in a new session, so the
+    launcher's process group does not hold them (the kill -9 resume tests left paused ranks)."""
+    import sys
+    import textwrap
+
+    from dist_utils import _descendants, kill_job, start_job
+
+    script = tmp_path / "sleeper.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        open(os.path.join({str(tmp_path)!r}, "rank" + os.environ["RANK"]), "w").write(str(os.getpid()))
+        time.sleep(600)
+    """))
+    job = start_job([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                     str(script)], str(tmp_path / "job.log"))
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"rank{r}").exists() for r in range(2)):
+        assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-2000:]
+        time.sleep(0.05)
+    ranks = [int((tmp_path / f"rank{r}").read_text()) for r in range(2)]
+    assert set(ranks) <= set(_descendants(job.pid))
+    assert all(os.getsid(pid) != os.getsid(job.pid) for pid in ranks)  # why killpg alone missed them
+    kill_job(job)
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in ranks):
+        assert time.monotonic() < deadline, "a rank outlived kill_job"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
