@@ -37,6 +37,9 @@ def _example(*overrides):
     return load_config(EXAMPLE, list(overrides), paths=False)
 
 
+FLASH = "model.attention=flash"  # the backend of the calibration's entry (the example now says sdpa)
+
+
 def _measured_flops(cfg, batch, frames, height, width, text):
     torch.manual_seed(0)
     model = HunyuanVideoDiT(cfg).eval()
@@ -260,7 +263,7 @@ def test_calibration_file_turns_measurements_into_efficiencies():
 
 def test_calibrated_estimate_is_the_closed_form_per_part():
     cal = _calibration()
-    r = estimate(_example(), 64, hardware("h800"), calibration=cal)
+    r = estimate(_example(FLASH), 64, hardware("h800"), calibration=cal)
     fwd, n = r["flops"]["forward_per_sample"], 96 * 16  # rollout forwards of a data rank, split over its 8 GPUs
     lin = r["flops"]["rollout_per_gpu"] * (1 - r["flops"]["attention_share"])
     att = r["flops"]["rollout_per_gpu"] * r["flops"]["attention_share"]
@@ -297,11 +300,11 @@ def test_a_calibration_at_uniform_efficiency_reproduces_peak_times_mfu():
 
     cal = dataclasses.replace(_calibration(), gemm_forward_mfu=0.45, attention_mfu={"flash": {"forward": 0.45,
                               "forward_backward": 0.45}}, rest_forward_bytes_per_flop=0.0)
-    plain = estimate(_example(), 64, hardware("h800"), Assumptions(rollout_mfu=0.45))
-    calibrated = estimate(_example(), 64, hardware("h800"), calibration=cal)
+    plain = estimate(_example(FLASH), 64, hardware("h800"), Assumptions(rollout_mfu=0.45))
+    calibrated = estimate(_example(FLASH), 64, hardware("h800"), calibration=cal)
     assert calibrated["time_s"]["rollout_compute"] == pytest.approx(plain["time_s"]["rollout_compute"])
     slower = dataclasses.replace(cal, attention_mfu={"flash": {"forward": 0.225, "forward_backward": 0.45}})
-    again = estimate(_example(), 64, hardware("h800"), calibration=slower)
+    again = estimate(_example(FLASH), 64, hardware("h800"), calibration=slower)
     attention = calibrated["compute_split_s"]["rollout"]["attention"]
     assert again["time_s"]["rollout_compute"] == pytest.approx(calibrated["time_s"]["rollout_compute"] + attention)
 
@@ -325,8 +328,9 @@ def test_sliding_tile_in_the_rollout_divides_attention_by_its_speedup():
     # at the measured shape the calibrated MFUs give back the measured speed-ups over dense cuDNN
     assert s.measured["density"] * s.measured["dense_forward_mfu"] / s.forward_mfu == pytest.approx(78.2 / 264.7)
     assert s.measured["speedup_forward_backward"] == pytest.approx(1026.8 / 194.7)
-    dense = estimate(_example(), 64, hardware("h800"), calibration=cal)
-    sta = estimate(_example(), 64, hardware("h800"), Assumptions(rollout_attention="sliding_tile", sta_tile=(2, 6, 6)),
+    dense = estimate(_example(FLASH), 64, hardware("h800"), calibration=cal)
+    sta = estimate(_example(FLASH), 64, hardware("h800"),
+                   Assumptions(rollout_attention="sliding_tile", sta_tile=(2, 6, 6)),
                    calibration=cal)
     density = sta["attention"]["rollout"]["density"]
     assert sta["attention"]["train"]["backend"] == "flash"  # training keeps the config's attention
@@ -335,7 +339,8 @@ def test_sliding_tile_in_the_rollout_divides_attention_by_its_speedup():
         dense["compute_split_s"]["rollout"]["attention"] * factor)
     assert sta["compute_split_s"]["train"] == dense["compute_split_s"]["train"]
     assert sta["time_s"]["sta_mask"] == pytest.approx(0.0337 * (12856 / 115456) ** 2)  # one build per iteration
-    fixed = estimate(_example(), 64, hardware("h800"), Assumptions(rollout_attention="sliding_tile", sta_speedup=3.38),
+    fixed = estimate(_example(FLASH), 64, hardware("h800"),
+                     Assumptions(rollout_attention="sliding_tile", sta_speedup=3.38),
                      calibration=cal)  # the measured speed-up over dense sdpa (cuDNN)
     assert fixed["compute_split_s"]["rollout"]["attention"] == pytest.approx(
         dense["compute_split_s"]["rollout"]["attention"] * (362 / 625) / 3.38)
@@ -347,19 +352,21 @@ def test_overlap_and_decode_placement_assumptions():
     hw = hardware("h800")
     engine = estimate(_example(), 64, hw)
     t, h = engine["time_s"], engine["hidden_s"]
-    # the engine decodes every video of the data rank on each of the group's 8 GPUs, on the sampling thread
-    assert t["decode"] == pytest.approx(96 * 3.0) and h["decode"] == 0
+    # the engine splits the data rank's 96 videos over the group's 8 GPUs (rl/reward_split.py) and decodes
+    # them on the sampling thread
+    assert t["decode"] == pytest.approx(96 / 8 * 3.0) and h["decode"] == 0
     # rewards are scored while the next of the 12 micro-batches samples: only the last one's are exposed
-    assert t["reward"] == pytest.approx(96 * 0.25 / 12) and h["reward"] == pytest.approx(96 * 0.25 * 11 / 12)
-    split = estimate(_example(), 64, hw, Assumptions(split_decode=True))
-    assert split["time_s"]["decode"] == pytest.approx(96 * 3.0 / 8)
-    hidden = estimate(_example(), 64, hw, Assumptions(split_decode=True, decode_overlap=1.0, reward_overlap=1.0))
+    assert t["reward"] == pytest.approx(96 / 8 * 0.25 / 12) and h["reward"] == pytest.approx(96 / 8 * 0.25 * 11 / 12)
+    replicated = estimate(_example(), 64, hw, Assumptions(split_decode=False))  # every GPU decodes all 96
+    assert replicated["time_s"]["decode"] == pytest.approx(96 * 3.0)
+    assert replicated["time_s"]["reward"] == pytest.approx(96 * 0.25 / 12)
+    hidden = estimate(_example(), 64, hw, Assumptions(decode_overlap=1.0, reward_overlap=1.0))
     assert hidden["time_s"]["decode"] == 0 and hidden["time_s"]["reward"] == 0
     # overlap hides at most the sampling time
     huge = estimate(_example(), 64, hw, Assumptions(decode_s=100.0, decode_overlap=1.0, reward_overlap=0.0))
     sampling = huge["time_s"]["rollout_compute"] + huge["time_s"]["rollout_comm"]
     assert huge["hidden_s"]["decode"] == pytest.approx(sampling)
-    assert huge["time_s"]["decode"] == pytest.approx(9600 - sampling)
+    assert huge["time_s"]["decode"] == pytest.approx(96 / 8 * 100 - sampling)
     with pytest.raises(InputError, match="decode_overlap must lie in"):
         estimate(_example(), 64, hw, Assumptions(decode_overlap=1.5))
 
@@ -416,11 +423,15 @@ def test_calibration_file_errors_are_one_line(tmp_path, capsys):
 
 def test_tool_prints_the_calibration_and_the_levers(capsys):
     assert _tool().main([EXAMPLE, "--calibration", "--rollout-attention", "sliding_tile", "--sta-tile", "2,6,6",
-                         "--split-decode", "--comm-overlap", "0.5"]) == 0
+                         "--comm-overlap", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "calibration '2026-12-04 run 2: eager, flash attention', measured on H200 SXM" in out
     assert "attention sliding tile (2, 6, 6) window (3, 3, 3), 32.6% of the blocks" in out
-    assert "split over the group's GPUs" in out and "comm overlap 50%" in out
+    assert "split over the group's GPUs" in out and "comm overlap 50%" in out  # split: the engine's default
+    assert _tool().main([EXAMPLE, "--calibration", "--no-split-decode"]) == 0
+    assert "3 s per video on every GPU of the group (replicated)" in capsys.readouterr().out
+    assert _tool().main([EXAMPLE, "--calibration", "--rollout-attention", "sliding_tile", "--sta-speedup", "3.38"]) == 0
+    assert "attention sliding tile, x3.38 fixed over dense sdpa" in capsys.readouterr().out  # no tile to print
     assert "the old log-probs come from another function" in out  # rollout and training attention differ
 
 

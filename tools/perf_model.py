@@ -85,9 +85,10 @@ def parse(argv):
                    help="fraction of the VAE decode hidden behind sampling (engine: 0, decoded on the sampling thread)")
     a.add_argument("--reward-overlap", type=float, default=None,
                    help="fraction of the rewards hidden behind sampling (engine: all but the last micro-batch)")
-    a.add_argument("--split-decode", action="store_true",
-                   help="decode and score each video on one GPU of its tensor x ulysses group (engine: every GPU "
-                        "of the group decodes and scores all of them)")
+    a.add_argument("--split-decode", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode and score each video on one GPU of its tensor x ulysses group, as the engine does; "
+                        "--no-split-decode: every GPU of the group decodes and scores all of them (the engine "
+                        "before rl/reward_split.py)")
     a.add_argument("--rollout-attention", choices=ATTENTION_CHOICES, help="attention in sampling (default: "
                                                                           "model.attention)")
     a.add_argument("--train-attention", choices=ATTENTION_CHOICES, help="attention in training (default: "

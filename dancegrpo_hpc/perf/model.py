@@ -40,8 +40,8 @@ GEMMs at the measured GEMM MFU + its attention at the backend's measured kernel 
 tile: the blocks its window computes, at its own MFU) + a memory-bound rest that scales with
 HBM bandwidth; the fused SDE step, log-prob and optimizer run at measured HBM fractions.
 
-Also: VAE decode and reward time as per-video constants on one GPU, on every GPU of a
-tensor x ulysses group (as the engine runs them) or split over it; rewards hide behind
+Also: VAE decode and reward time as per-video constants on one GPU, split over the GPUs of a
+tensor x ulysses group (as the engine runs them) or on every one of them; rewards hide behind
 sampling except the last micro-batch's, the decode does not (each an Assumptions field);
 the AdamW step as HBM traffic; memory per GPU from dancegrpo_hpc.memory.estimate_memory.
 """
@@ -79,9 +79,9 @@ class Assumptions:
     # micro-batch while the next one samples, so all but the last micro-batch's rewards hide (None).
     decode_overlap: float = 0.0
     reward_overlap: Optional[float] = None  # None: (micro-batches - 1) / micro-batches
-    # Engine: every GPU of a tensor x ulysses group decodes and scores all its data rank's videos
-    # (replicated); True splits them over the group's GPUs
-    split_decode: bool = False
+    # Engine: each GPU of a tensor x ulysses group decodes and scores 1/group of its data rank's videos
+    # (rl/reward_split.py); False: every GPU of the group does all of them (replicated, the engine before)
+    split_decode: bool = True
     # attention per pass (None: the config's model.attention; the engine uses one backend for both)
     rollout_attention: Optional[str] = None
     train_attention: Optional[str] = None
@@ -382,7 +382,7 @@ def estimate(config: Config, world_size: int, hw: Hardware, assumptions: Assumpt
         if "sliding_tile" in (plan["rollout"]["backend"], plan["train"]["backend"]) and calibration.sliding_tile:
             memory_bound["sta_mask"] = a.sta_mask_builds * calibration.sliding_tile.mask_build_at(tokens)
 
-    # decode and rewards: replicated over the group (engine) or split; overlapped with sampling
+    # decode and rewards: split over the group (engine) or replicated; overlapped with sampling
     micro_batches = sizes["local"] // (config.rollout.micro_batch or sizes["local"])
     videos = sizes["local"] / (group if a.split_decode else 1)  # per GPU
     decode, reward = videos * a.decode_s, videos * a.reward_s
@@ -516,8 +516,9 @@ def format_report(r: Dict) -> str:
         e = att[name]
         if e["backend"] != "sliding_tile":
             return e["backend"]
-        how = f"x{a['sta_speedup']:g} fixed" if a["sta_speedup"] else f"{e['density']:.1%} of the blocks"
-        return f"sliding tile {tuple(e['tile'])} window {tuple(e['window'])}, {how}"
+        if a["sta_speedup"]:  # no window: its density is not used
+            return f"sliding tile, x{a['sta_speedup']:g} fixed over dense sdpa"
+        return f"sliding tile {tuple(e['tile'])} window {tuple(e['window'])}, {e['density']:.1%} of the blocks"
 
     where = "split over the group's GPUs" if a["split_decode"] else "on every GPU of the group (replicated)"
     rows = [

@@ -23,6 +23,7 @@ from .advantages import process_advantages
 from .assign import assign_advantages
 from .optim import EMA, build_optimizer, local_optimizer, warmup_schedule
 from .policy import VelocityOptions, velocity
+from .reward_split import RewardSplit
 from .rollout import RolloutSettings
 from .seeding import derive_seed, randn_per_sample
 from .worker import PolicyWorker, UpdateSettings
@@ -173,6 +174,7 @@ class Trainer:
                                    sharded=self._tp_sharded(), ema=self.ema,
                                    reference=reference)
         self.guide_for = self._build_guidance()
+        self.split = RewardSplit.model_replica()  # each GPU of a TP x Ulysses group decodes and scores 1/g
         self.iteration = 0
         self.history: List[Dict] = []
         self.state: Dict = {"wall_s": 0.0}
@@ -228,15 +230,18 @@ class Trainer:
         sample_prompts = [p for p in prompts for _ in range(g)]
         sample_ids = (prompt_ids.repeat_interleave(g) * g + torch.arange(g).repeat(len(prompts))).long()
 
-        def submit(final, part):
-            rows = torch.arange(part.start, part.stop, device=cond.embeds.device) // g  # samples -> their prompts
-            self.runner.submit(self.world.decode(final, cond.select(rows)), sample_prompts[part],
-                               sample_ids[part].tolist())
+        def submit(final, part):  # this GPU's share of the micro-batch (rl/reward_split.py)
+            rows = self.split.rows(part.start, part.stop)
+            if rows:
+                latents = final[torch.tensor(rows, device=final.device) - part.start]
+                cond_rows = torch.tensor(rows, device=cond.embeds.device) // g  # samples -> their prompts
+                self.runner.submit(self.world.decode(latents, cond.select(cond_rows)),
+                                   [sample_prompts[r] for r in rows], sample_ids[rows].tolist())
 
         batch = self.worker.generate_rollouts(cond, prompts, prompt_ids, iteration, self.world.latent_shape, submit,
                                               self.guide_for)
         t_rollout = time.perf_counter()
-        results = self.runner.collect()
+        results = self.split.gather(self.runner.collect(), sample_ids.tolist(), list(self.weights))
         t_rewards = time.perf_counter()
         adv = self.advantages(batch, results)
         stats = self.update(batch, adv, iteration)
@@ -296,7 +301,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, keep_videos: int = 0):
         """Held-out prompts, deterministic ODE sampler, fixed seeds (independent of the
-        iteration): mean rewards, and the first videos of this rank for the sample grid."""
+        iteration): mean rewards, and the first videos of this rank for the sample grid (each
+        prompt's first sample; kept by the member of the TP x Ulysses group that decodes it,
+        member 0, as each member decodes and scores only its share: rl/reward_split.py)."""
         c, topo = self.config, self.topo
         prompts = self.world.eval_prompts
         mine = list(range(topo.dp_rank, len(prompts), topo.dp))
@@ -307,7 +314,8 @@ class Trainer:
         # one all-reduce: [weighted total, each reward's sum, valid samples, failed samples, each reward's failures]
         sums = torch.zeros(2 * r + 3, dtype=torch.float64)
         first_error = None
-        videos = []
+        videos, scored = [], []
+        rows = self.split.rows(0, k)  # this member's samples of each prompt
         if self.ema is not None:
             self.ema.swap()
         self.model.eval()
@@ -318,23 +326,29 @@ class Trainer:
                 initial = randn_per_sample(seeds, self.world.latent_shape, topo.device)
                 traj = sample(lambda x, s, _: velocity(self.model, x, s, cond, self.velocity_opts), initial, sigmas,
                               "ode", store_latents=False)
-                decoded = self.world.decode(traj.final, cond)
-                res = self.runner.run_sync(decoded, [prompts[i]] * k, list(range(k)))
-                ok = ~res.failed
-                total = sum(self.weights[n] * res.scores[n].float() for n in names) / sum(self.weights.values())
-                sums[0] += float(total[ok].sum())
-                for j, n in enumerate(names):
-                    sums[1 + j] += float(res.scores[n][ok].sum())
-                    sums[r + 3 + j] += int(torch.isnan(res.scores[n].float()).sum())  # NaN: that reward failed
-                sums[r + 1] += int(ok.sum())
-                sums[r + 2] += int(res.failed.sum())
-                if first_error is None and res.errors:
-                    first_error = res.errors[0]
-                if len(videos) < keep_videos:
+                if not rows:  # more group members than samples per prompt: nothing to score here
+                    scored.append(None)
+                    continue
+                picked = torch.tensor(rows, device=traj.final.device)
+                decoded = self.world.decode(traj.final[picked], cond.select(picked.to(cond.embeds.device)))
+                scored.append(self.runner.run_sync(decoded, [prompts[i]] * len(rows), rows))
+                if len(videos) < keep_videos and rows[0] == 0:
                     videos.append(decoded[0])
         finally:
             if self.ema is not None:
                 self.ema.swap()
+        scored = self.split.gather_many(scored, [list(range(k))] * len(mine), names)
+        for res in scored:  # every sample of each prompt, on every member of the group
+            ok = ~res.failed
+            total = sum(self.weights[n] * res.scores[n].float() for n in names) / sum(self.weights.values())
+            sums[0] += float(total[ok].sum())
+            for j, n in enumerate(names):
+                sums[1 + j] += float(res.scores[n][ok].sum())
+                sums[r + 3 + j] += int(torch.isnan(res.scores[n].float()).sum())  # NaN: that reward failed
+            sums[r + 1] += int(ok.sum())
+            sums[r + 2] += int(res.failed.sum())
+            if first_error is None and res.errors:
+                first_error = res.errors[0]
         sums = topo.sum(sums.to(topo.device)).cpu().tolist()
         valid, failed = int(sums[r + 1]), int(sums[r + 2])
         # no valid sample: no number (None -> null in summary.json), never a mean of nothing
