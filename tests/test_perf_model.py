@@ -425,7 +425,7 @@ def test_tool_prints_the_calibration_and_the_levers(capsys):
     assert _tool().main([EXAMPLE, "--calibration", "--rollout-attention", "sliding_tile", "--sta-tile", "2,6,6",
                          "--comm-overlap", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "calibration '2026-12-04 run 2: eager, flash attention', measured on H200 SXM" in out
+    assert "calibration '2026-12-04 run 3 (ac98513): compiled blocks, cuDNN attention', measured on H200 SXM" in out
     assert "attention sliding tile (2, 6, 6) window (3, 3, 3), 32.6% of the blocks" in out
     assert "split over the group's GPUs" in out and "comm overlap 50%" in out  # split: the engine's default
     assert _tool().main([EXAMPLE, "--calibration", "--no-split-decode"]) == 0
