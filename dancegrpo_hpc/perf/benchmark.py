@@ -152,7 +152,9 @@ def run_benchmark(config, warmup: int = 1, rounds: int = 3, world=None, source: 
 
 
 def _stats(values: List[float]) -> Dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": list(values)}
+    from .measure import spread
+
+    return dict(spread(values), rounds=list(values))
 
 
 def _report(config, trainer, timed: _Rounds, info: Dict, warmup: int, rounds: int, source: Dict) -> Dict:
