@@ -22,10 +22,11 @@ from .checks import InputError, check_choice, require
 from .rewards.base import RewardSpec
 
 SAMPLER_KINDS = ("dance", "flow", "cps")
+SHIFT_MODES = ("fixed", "dynamic")
 ALGORITHMS = ("dancegrpo", "flow_grpo")
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("toy", "prompts")
-# Mirrors of the model-side registries (attention.BACKENDS, hunyuan_video.spec.SPECS / FP8_RECIPES,
+# Mirrors of the model-side registries (attention.BACKENDS, distributed.spec.SPECS / FP8_RECIPES,
 # hunyuan_video.model.ADALN_MODES), so a config is checked without importing GPU code;
 # tests/test_config.py keeps them equal.
 ATTENTION_BACKENDS = ("sdpa", "flash", "xformers", "te", "sliding_tile")
@@ -40,7 +41,8 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 @dataclass
 class ModelConfig:
-    preset: str = "toy"  # a HunyuanVideoConfig preset (models/hunyuan_video/config.py)
+    family: str = "hunyuan_video"  # the model family (models/family.py); model.path's _class_name must match it
+    preset: str = "toy"  # a preset of the family (e.g. models/hunyuan_video/config.py)
     path: Optional[str] = None  # diffusers-format checkpoint directory; None = the toy checkpoint (preset toy only)
     dtype: str = "float32"  # parameter dtype; bfloat16 keeps fp32 optimizer moments in AdamW
     attention: str = "sdpa"  # sdpa | flash | xformers | te | sliding_tile
@@ -93,7 +95,8 @@ _DATA_DIRS = {"embeddings": "a cache folder written by tools/precompute_embeddin
 @dataclass
 class SamplingConfig:
     steps: int = 10  # T sampling steps per rollout
-    shift: float = 3.0  # flow-matching schedule shift
+    shift: float = 3.0  # flow-matching schedule shift (shift_mode fixed)
+    shift_mode: str = "fixed"  # fixed: `shift` (DanceGRPO); dynamic: the family's resolution-dependent shift (flow_grpo FLUX)
     kind: str = "dance"  # SDE step: dance | flow | cps
     eta: float = 0.3  # noise level
     cfg_scale: float = 1.0  # real classifier-free guidance (> 1 runs cond + uncond)
@@ -197,6 +200,9 @@ class Config:
         _check_finite(self, "")  # inf / nan in any float field (one update with lr=inf destroys the weights)
         require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
                 f"config: seed must be an integer in [0, 2^63 - 1]; got {self.seed!r}")
+        from .models.family import family_names  # the registry's names (a light module: no model code)
+
+        check_choice("config", "model.family", m.family, tuple(family_names()))
         check_choice("config", "model.dtype", m.dtype, DTYPES)
         check_choice("config", "model.attention", m.attention, ATTENTION_BACKENDS)
         check_choice("config", "model.layer_spec", m.layer_spec, LAYER_SPECS)
@@ -204,6 +210,7 @@ class Config:
         check_choice("config", "model.adaln", m.adaln, ADALN_MODES)
         check_choice("config", "data.source", self.data.source, DATA_SOURCES)
         check_choice("config", "sampling.kind", s.kind, SAMPLER_KINDS)
+        check_choice("config", "sampling.shift_mode", s.shift_mode, SHIFT_MODES)
         check_choice("config", "rollout.buffer_device", r.buffer_device, ("device", "cpu"))
         check_choice("config", "train.algorithm", t.algorithm, ALGORITHMS)
         check_choice("config", "train.autocast", t.autocast, (None, "bfloat16"))
@@ -388,7 +395,7 @@ def check_runnable(config: Config) -> None:
     check_output_dir(config.output_dir)
     _check_reward_names(config)
     if config.data.source == "prompts" and config.data.image_loader == "dali":
-        from .data.real_world import dali_installed
+        from .extras import dali_installed
 
         require(dali_installed(), "config: data.image_loader=dali but NVIDIA DALI is not installed; "
                                   "pip install nvidia-dali-cuda120, or set data.image_loader=pil (or auto)")

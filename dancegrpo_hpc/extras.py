@@ -38,4 +38,12 @@ def require_extra(modules: Iterable[str], extra: str, where: str) -> None:
             raise InputError(missing_message(where, module, extra))
 
 
-__all__ = ["import_extra", "install_hint", "missing_message", "require_extra"]
+def dali_installed() -> bool:
+    """NVIDIA DALI (the `gpu` extra's image / video loader) is importable."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no nvidia namespace package at all
+        return False
+
+
+__all__ = ["dali_installed", "import_extra", "install_hint", "missing_message", "require_extra"]

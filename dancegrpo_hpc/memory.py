@@ -3,8 +3,9 @@
     estimate_memory(config, world_size) -> {name: bytes per rank}
 
 Assumptions (each term is one entry of the result):
-- parameters: the DiT's parameter count on one TP rank (dit_parameters: counted
-  from the architecture, equal to the model built on the meta device), in model.dtype.
+- parameters: the model's parameter count on one TP rank (dit_parameters: its family's
+  cost model, counted from the architecture, equal to the model built on the meta device),
+  in model.dtype.
 - gradients: as many as parameters, same dtype, counted as resident (the training
   peak holds them even though zero_grad(set_to_none) frees them between updates).
 - optimizer: AdamW's two moments in float32 (8 bytes per parameter), plus float32
@@ -38,10 +39,10 @@ from typing import Dict, Tuple
 
 from .checks import InputError, require
 from .config import VIDEO_VAE_SPACE, VIDEO_VAE_TIME, Config, check_layout
+from .models.family import family_of, get_family
 
 GIB = 2**30
 VIDEO_VAE_CHANNELS = 16  # the HunyuanVideo VAE's latent channels
-VIDEO_TEXT_TOKENS = 256  # HunyuanVideo's LLaVA text length (diffusers max_sequence_length)
 TOY_SPATIAL_FACTOR = 2  # the toy VAE's 2x2 pixel-unshuffle (used when the toy package cannot be imported)
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -59,14 +60,11 @@ FORWARD_NORM_ELEMENTS, FORWARD_SPLIT_ELEMENTS = 2, 8
 
 
 def model_config(config: Config):
-    """The HunyuanVideoConfig the run builds: model.path's config.json when it is there,
-    the toy checkpoint's for preset toy, else the named preset."""
-    import json
-
-    with warnings.catch_warnings():  # the model package imports megatron-core, which warns that TE / Apex are absent
+    """The model config the run builds (its family's, models/family.py): model.path's
+    config.json when it is there, the toy checkpoint's for preset toy, else the named preset."""
+    with warnings.catch_warnings():  # a model package may import megatron-core, which warns that TE / Apex are absent
         warnings.simplefilter("ignore")
-        from .models.hunyuan_video.config import PRESETS, HunyuanVideoConfig
-
+        family = get_family(config.model.family)
     name, path = config.model.preset, config.model.path
     if path is None and name == "toy":
         try:
@@ -76,12 +74,22 @@ def model_config(config: Config):
         path = TOY_CHECKPOINT
     if path is not None and os.path.isfile(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
-            return HunyuanVideoConfig.from_diffusers(json.load(f), variant=name)
-    if name == "toy" and name not in PRESETS:
+            return family.config_from_diffusers(json.load(f), variant=name)
+    if name == "toy" and name not in family.presets():
         raise InputError(f"config: model.preset 'toy': the toy checkpoint {path!r} has no config.json; run "
                          "tools/pretrain_toy.py to create it")
-    require(name in PRESETS, f"config: model.preset {name!r} is unknown; choose one of {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]
+    return family.preset(name)
+
+
+def check_model(config: Config, model, shape) -> None:
+    """What the model needs of the layout and the data (its family's check: heads over
+    TP x Ulysses, widths over TP, the VAE's channels, a latent grid the patch divides)."""
+    p, name = config.parallel, config.model.preset
+    family = family_of(model)
+    family.check_model(model, p.tensor, p.ulysses, shape, f"model.preset {name!r}")
+    family.sampling_shift(model, shape, config.sampling.shift, config.sampling.shift_mode)
+    require(config.data.reference_images is None or family.is_image_model(model),
+            f"config: data.reference_images is set but model.preset {name!r} is not an image-to-video model")
 
 
 def latent_shape(config: Config, model) -> Tuple[int, int, int, int]:
@@ -112,47 +120,18 @@ def text_tokens(config: Config, model) -> int:
         from .models.toy import ToyTextEncoder
 
         return ToyTextEncoder(model.text_embed_dim, model.pooled_projection_dim).max_tokens
-    return VIDEO_TEXT_TOKENS
+    return family_of(model).cost(model).text_tokens
 
 
 def video_tokens(shape, model) -> int:
-    _, f, h, w = shape
-    return math.ceil(f / model.patch_size_t) * (h // model.patch_size) * (w // model.patch_size)
+    """Image / video tokens of one sample of latent shape (C, F, H, W)."""
+    return family_of(model).latent_tokens(model, shape)
 
 
 def dit_parameters(model, tp: int = 1, adaln: str = "replicated") -> int:
-    """Parameters of the HunyuanVideo DiT on one TP rank, counted from its structure
-    (tests/test_config.py holds it equal to the model built on the meta device).
-    Column-parallel linears split weight and bias; row-parallel ones split the weight
-    and keep the bias whole; norms, embedders and the output head are replicated."""
-    d, m, hd = model.hidden_size, model.mlp_hidden, model.attention_head_dim
-
-    def col(i, o):
-        return _linear(i, o, tp)
-
-    def row(i, o):
-        return _linear(i, o, tp, bias_split=False)
-
-    def embedder(i):  # MLPEmbedder: linear -> SiLU -> linear
-        return _linear(i, d) + _linear(d, d)
-
-    def modulation(chunks):  # AdaLN linear, replicated or column-parallel
-        return col(d, chunks * d) if adaln == "column" else _linear(d, chunks * d)
-
-    patch = model.patch_size_t * model.patch_size ** 2
-    embed = model.in_channels * patch * d + d + embedder(256) + embedder(model.pooled_projection_dim)
-    embed += embedder(256) if model.guidance_embeds else 0
-    refiner_in = embedder(256) + embedder(model.text_embed_dim) + _linear(model.text_embed_dim, d)
-    refiner = 4 * d + col(d, 3 * d) + row(d, d) + col(d, m) + row(m, d) + _linear(d, 2 * d)
-    dual = 2 * (modulation(6) + col(d, 3 * d) + row(d, d) + col(d, m) + row(m, d)) + 4 * hd
-    single = modulation(3) + col(d, 3 * d + m) + 2 * hd + row(d + m, d)
-    head = _linear(d, 2 * d) + _linear(d, patch * model.out_channels)
-    return (embed + refiner_in + model.num_refiner_layers * refiner + model.num_layers * dual
-            + model.num_single_layers * single + head)
-
-
-def _linear(i: int, o: int, split: int = 1, bias_split: bool = True) -> int:
-    return i * o // split + (o // split if bias_split else o)
+    """Parameters of the model on one TP rank, counted from its structure by its family's
+    cost model (tests hold it equal to the model built on the meta device)."""
+    return family_of(model).cost(model).parameters(tp, adaln)
 
 
 def parameter_counts(config: Config, model) -> Dict[str, int]:
@@ -188,8 +167,9 @@ def _activation_bytes(config: Config, model, tokens: int, batch: int, training: 
     t, u = p.tensor, p.ulysses
     norm_split = t if p.sequence_parallel else 1
     e = 2 if (m.dtype == "bfloat16" or config.train.autocast == "bfloat16") else 4
-    per_layer = math.ceil(tokens / u) * model.hidden_size * batch * e
-    blocks = model.num_layers + model.num_single_layers
+    cost = family_of(model).cost(model)
+    per_layer = math.ceil(tokens / u) * cost.hidden_size * batch * e
+    blocks = cost.blocks
     if not training:
         return int(per_layer * (FORWARD_NORM_ELEMENTS / norm_split + FORWARD_SPLIT_ELEMENTS / t))
     checkpointed = math.floor(blocks * m.activation_checkpointing)
@@ -215,7 +195,7 @@ def estimate_memory(config: Config, world_size: int, model=None) -> Dict[str, in
     zero_ranks = dp * p.ulysses if p.zero else 1
     latents = sizes["local"] * (steps + 1) * math.prod(shape) * 4
     negative = 2 if config.sampling.cfg_scale > 1 else 1
-    text = text_tokens(config, model) * model.text_embed_dim + model.pooled_projection_dim
+    text = family_of(model).cost(model).conditioning_elements(text_tokens(config, model))
     out = {
         "parameters": params * size,
         "gradients": params * size,
@@ -304,6 +284,6 @@ def check_memory(config: Config, world_size: int, device, local_ranks: int = 1, 
         f"{_ADVICE[largest]}, or pass --no-memory-check if the estimate is wrong for this machine")
 
 
-__all__ = ["estimate_memory", "check_memory", "available_memory", "model_config", "latent_shape", "text_tokens", "video_tokens", "dit_parameters",
+__all__ = ["estimate_memory", "check_memory", "available_memory", "model_config", "check_model", "latent_shape", "text_tokens", "video_tokens", "dit_parameters",
            "parameter_counts",
            "batch_sizes", "GIB"]

@@ -20,8 +20,9 @@ from typing import List, Optional
 from .checks import InputError, require
 from .config import Config, check_layout, check_world_size, load_config
 from .config import check_paths as check_config_paths  # validate() has a check_paths flag
-from .memory import GIB, batch_sizes, estimate_memory, latent_shape, model_config, parameter_counts, text_tokens, \
-    video_tokens
+from .models.family import get_family
+from .memory import GIB, batch_sizes, check_model, estimate_memory, latent_shape, model_config, parameter_counts, \
+    text_tokens, video_tokens
 
 # choice -> the package it imports at run time (all need CUDA)
 _RUNTIME_PACKAGES = {("attention", "flash"): "flash_attn", ("attention", "xformers"): "xformers",
@@ -55,29 +56,6 @@ def world_size(config: Config, given: Optional[int]) -> int:
     require(given > pool, f"config: rollout.reward_ranks={pool} leaves no training rank in a world of {given}; "
                           "launch more ranks or lower rollout.reward_ranks")
     return given - pool  # the training ranks (the reward pool is the last reward_ranks of the launch)
-
-
-def check_model(config: Config, model, shape) -> None:
-    """What the DiT needs of the layout and the data: heads over TP x Ulysses, widths
-    over TP, the VAE's channels and a latent grid the patch size divides."""
-    p, name = config.parallel, config.model.preset
-    parallel = p.tensor * p.ulysses
-    heads = model.num_attention_heads
-    fits = [str(n) for n in range(1, heads + 1) if heads % n == 0]
-    require(heads % parallel == 0,
-            f"config: parallel.tensor x parallel.ulysses = {parallel} must divide the {heads} attention heads of "
-            f"model.preset {name!r}; use a product in {', '.join(fits)}")
-    require(model.mlp_hidden % p.tensor == 0 and 6 * model.hidden_size % p.tensor == 0,
-            f"config: parallel.tensor={p.tensor} must divide the MLP width {model.mlp_hidden} of model.preset {name!r}")
-    require(model.out_channels == shape[0],
-            f"config: model.preset {name!r} predicts {model.out_channels} latent channels but data.source "
-            f"{config.data.source!r} has {shape[0]}; pick a preset for this data")
-    for axis, size in (("height", shape[2]), ("width", shape[3])):
-        require(size % model.patch_size == 0,
-                f"config: data.{axis} gives {size} latent pixels, not divisible by the patch size {model.patch_size}")
-    image_model = model.in_channels != model.out_channels or model.image_condition_type is not None
-    require(config.data.reference_images is None or image_model,
-            f"config: data.reference_images is set but model.preset {name!r} is not an image-to-video model")
 
 
 def check_rewards(config: Config, strict: bool) -> List[str]:
@@ -121,9 +99,9 @@ def report(config: Config, world: int, model, missing_rewards: List[str], source
     zero = f"ZeRO-1 over dp x ulysses = {dp * p.ulysses} ranks" if p.zero and dp * p.ulysses > 1 else "no ZeRO"
     lines = [
         f"{source}: valid",
-        f"model       {model.variant}: {_count(counts['parameters'])} parameters, {model.num_attention_heads} heads x "
-        f"{model.attention_head_dim}, {model.num_layers} dual + {model.num_single_layers} single blocks; "
-        f"{_count(counts['parameters_per_rank'])} per TP rank in {config.model.dtype}",
+        f"model       {model.variant} ({config.model.family}): {_count(counts['parameters'])} parameters, "
+        f"{get_family(config.model.family).describe(model)}; {_count(counts['parameters_per_rank'])} per TP rank in "
+        f"{config.model.dtype}",
         f"layout      world {world} = data {dp} x tensor {p.tensor} x ulysses {p.ulysses}; Megatron SP "
         f"{'on' if p.sequence_parallel else 'off'}; {zero}",
         f"rollout     {r.prompts_per_iteration} prompts x {r.group_size} samples per iteration; per data-parallel rank "

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dancegrpo_hpc.checks import InputError
+from dancegrpo_hpc.rewards.base import binary_reward
 from dancegrpo_hpc.rl import (
     best_of_n_indices,
-    binary_reward,
     clamp_advantages,
     combine_advantages,
     group_advantages,

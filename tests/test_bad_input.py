@@ -203,7 +203,7 @@ def test_eval_prompts_beyond_the_toy_world_names_both_numbers(tmp_path, no_heavy
     message = one_line(trainer, toy(tmp_path, "data.eval_prompts=1000"))
     assert message == ("config: data.eval_prompts=1000 but the toy world has 14 held-out prompts; set "
                        "data.eval_prompts <= 14")
-    from dancegrpo_hpc.data.world import ToyWorldAdapter
+    from dancegrpo_hpc.data.toy_world import ToyWorldAdapter
 
     assert len(ToyWorldAdapter(toy(tmp_path, "data.eval_prompts=14")).eval_prompts) == 14  # all of them is fine
 

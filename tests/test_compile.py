@@ -10,7 +10,7 @@ import torch
 
 from dancegrpo_hpc.models.hunyuan_video import HunyuanVideoDiT, preset
 from dancegrpo_hpc.models.hunyuan_video.layers import _apply_rope_real, apply_rope, rope_tables
-from dancegrpo_hpc.models.hunyuan_video.parallelize import apply_compile
+from dancegrpo_hpc.distributed.parallelize import apply_compile
 
 
 def test_real_rope_is_the_complex_rope():

@@ -80,7 +80,8 @@ def test_toy_example_is_the_defaults_plus_its_commented_tuning():
 
 def test_choice_mirrors_match_the_model_registries():
     from dancegrpo_hpc.attention import BACKENDS
-    from dancegrpo_hpc.models.hunyuan_video import model, spec
+    from dancegrpo_hpc.distributed import spec
+    from dancegrpo_hpc.models.hunyuan_video import model
 
     assert cfg.ATTENTION_BACKENDS == tuple(BACKENDS)
     assert cfg.LAYER_SPECS == spec.SPECS

@@ -274,7 +274,7 @@ def _mlp_ranks(rank, world, recipe, sp):
 
     from dancegrpo_hpc.distributed import fp8 as fp8_module
     from dancegrpo_hpc.distributed import parallel
-    from dancegrpo_hpc.models.hunyuan_video.spec import LinearFactory
+    from dancegrpo_hpc.distributed.spec import LinearFactory
 
     parallel.initialize(tp=world)
     gen = torch.Generator().manual_seed(0)

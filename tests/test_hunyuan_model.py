@@ -46,6 +46,17 @@ def test_parity_with_diffusers(preset_name):
     assert_matches_diffusers(ref, ours, inputs(PRESETS[preset_name], frames=3, height=8, width=6))
 
 
+@pytest.mark.parametrize("changes", [dict(mlp_ratio=2.5), dict(num_attention_heads=3, rope_axes_dim=(4, 8, 4)),
+                                     dict(num_refiner_layers=3, mlp_ratio=3.0)])
+def test_parity_with_configs_beyond_the_presets(changes):
+    """Configs diffusers accepts that no preset has: an MLP ratio other than 4 (diffusers'
+    token refiner keeps its own 4.0, so its MLP is wider than the blocks'), an odd head
+    count with uneven RoPE axes, more refiner blocks."""
+    ref = diffusers_model("tiny", **changes)
+    ours = HunyuanVideoDiT.from_diffusers(ref)
+    assert_matches_diffusers(ref, ours, inputs(ours.config, frames=3, height=8, width=6))
+
+
 def test_parity_t2i_single_frame_and_no_mask():
     ref = diffusers_model("tiny")
     ours = HunyuanVideoDiT.from_diffusers(ref)

@@ -250,7 +250,7 @@ def test_i2v_dit_input_is_what_diffusers_pipelines_feed_their_transformer(name, 
     from PIL import Image
 
     from dancegrpo_hpc.data.reference_images import load_images, load_video_vae, encode_reference_images
-    from dancegrpo_hpc.rl.policy import dit_input
+    from dancegrpo_hpc.models.hunyuan_video.family import dit_input
 
     cfg, c = preset(name), preset(name).out_channels
     path = os.path.join(root, "i2v_reference_images", "ref0.png")

@@ -11,7 +11,7 @@ import torch
 from dancegrpo_hpc.config import config_from_dict
 from dancegrpo_hpc.data.world import World
 from dancegrpo_hpc.rewards import register_reward
-from dancegrpo_hpc.rl.policy import Conditioning
+from dancegrpo_hpc.conditioning import Conditioning
 from dancegrpo_hpc.testing.tiny_real import write_tiny_dit
 
 LATENT = (4, 2, 4, 4)  # tiny preset: 4 channels, 2 frames, 4x4 latents (patch 2)
@@ -67,10 +67,10 @@ class TinyWorld(World):
             pooled.append(torch.randn(12, generator=g))
         mask = torch.ones(len(prompts), 6, dtype=torch.long)
         mask[:, 4:] = 0
-        cond = Conditioning(torch.stack(embeds).to(device), mask.to(device), torch.stack(pooled).to(device))
+        cond = Conditioning(embeds=torch.stack(embeds).to(device), mask=mask.to(device), pooled=torch.stack(pooled).to(device))
         if negative:
-            cond.negative = Conditioning(torch.zeros_like(cond.embeds), mask.clone().to(device),
-                                         torch.zeros_like(cond.pooled))
+            cond.negative = Conditioning(embeds=torch.zeros_like(cond.embeds), mask=mask.clone().to(device),
+                                         pooled=torch.zeros_like(cond.pooled))
         return cond
 
     def decode(self, latents, cond=None):

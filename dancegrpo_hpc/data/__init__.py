@@ -4,6 +4,7 @@ A world gives train / held-out prompts, turns prompts into conditioning, decodes
 latents into videos for the rewards, and builds the policy model.
 """
 
-from .world import World, build_world
+from .build import build_world
+from .world import World
 
 __all__ = ["World", "build_world"]

@@ -10,7 +10,6 @@ size, every prompt against the cache, the reference images against the model.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from typing import Dict, List, Optional
@@ -18,19 +17,14 @@ from typing import Dict, List, Optional
 import torch
 
 from ..checks import InputError, require
-from ..models.hunyuan_video.config import HunyuanVideoConfig, preset
-from ..rl.policy import Conditioning
+from ..extras import dali_installed
+from ..models.family import family_of_class, get_family
+from ..models.hunyuan_video.config import HunyuanVideoConfig
+from ..conditioning import Conditioning
 from .prompts import load_prompts, split_prompts
 from .world import World
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def dali_installed() -> bool:
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except ModuleNotFoundError:  # no nvidia namespace package at all
-        return False
 
 
 def _read_json(path: str, field: str, what: str) -> Dict:
@@ -40,22 +34,28 @@ def _read_json(path: str, field: str, what: str) -> Dict:
         return json.load(f)
 
 
-def checkpoint_config(config) -> HunyuanVideoConfig:
-    """model.path's DiT config, which must be model.preset's architecture (the preset
-    sizes validate and the memory estimate; the checkpoint is what runs)."""
+def checkpoint_config(config):
+    """model.path's model config, which must be model.family's (its `_class_name`) and
+    model.preset's architecture (the preset sizes validate and the memory estimate; the
+    checkpoint is what runs)."""
     m = config.model
-    raw = _read_json(m.path, "model.path", "a diffusers HunyuanVideoTransformer3DModel folder")
-    found = HunyuanVideoConfig.from_diffusers(raw, variant=m.preset)
-    expected = preset(m.preset).replace(variant=m.preset)
+    family = get_family(m.family)
+    raw = _read_json(m.path, "model.path", f"a diffusers {family.diffusers_class} folder")
+    found_class = raw.get("_class_name")
+    if found_class is not None and found_class != family.diffusers_class:
+        try:
+            other = f" (family {family_of_class(found_class).name!r})"
+        except InputError:
+            other = ""
+        raise InputError(f"config: model.path holds a {found_class}{other} but model.family {m.family!r} loads "
+                         f"{family.diffusers_class}; set model.family to the checkpoint's family")
+    found = family.config_from_diffusers(raw, variant=m.preset)
+    expected = family.preset(m.preset).replace(variant=m.preset)
     for key, value in expected.to_diffusers().items():
         got = found.to_diffusers()[key]
         require(got == value, f"config: model.path checkpoint has {key}={got!r} but model.preset {m.preset!r} has "
                               f"{value!r}; pick the preset of this checkpoint")
     return found
-
-
-def is_image_model(model: HunyuanVideoConfig) -> bool:
-    return model.in_channels != model.out_channels or model.image_condition_type is not None
 
 
 class _TextSource:
@@ -118,7 +118,7 @@ class PromptWorld(World):
         # VAE and text encoders in the model's dtype on GPUs; float32 on CPUs (bf16 3D convolutions run 10x slower)
         self.aux_dtype = _DTYPES[m.dtype] if self.device.type == "cuda" else torch.float32
         self.model_config = checkpoint_config(config)
-        self.image_model = is_image_model(self.model_config)
+        self.image_model = get_family(m.family).is_image_model(self.model_config)
         # token_replace: the image latent is frame 0 of the video, the state only the frames after it
         self.image_frames = int(self.model_config.image_condition_type == "token_replace")
         prompts = load_prompts(d.prompts, image_root=d.reference_images)
@@ -188,12 +188,13 @@ class PromptWorld(World):
     def encode(self, prompts: List[str], device, negative: bool = False) -> Conditioning:
         embeds, mask, pooled = self.text.lookup(prompts)
         image = self.image_latents(prompts, device) if self.image_model else None
-        cond = Conditioning(embeds.float().to(device), mask.to(device), pooled.float().to(device), image_latents=image)
+        cond = Conditioning(embeds=embeds.float().to(device), mask=mask.to(device), pooled=pooled.float().to(device),
+                            image_latents=image)
         if negative:
             n = len(prompts)
             ne, nm, npool = self.text.negative()
-            cond.negative = Conditioning(ne.float().expand(n, -1, -1).to(device), nm.expand(n, -1).to(device),
-                                         npool.float().expand(n, -1).to(device), image_latents=image)
+            cond.negative = Conditioning(embeds=ne.float().expand(n, -1, -1).to(device), mask=nm.expand(n, -1).to(device),
+                                         pooled=npool.float().expand(n, -1).to(device), image_latents=image)
         return cond
 
     @torch.no_grad()
@@ -206,9 +207,7 @@ class PromptWorld(World):
         return decode_latents(self.vae, z)[:, self.drop_frames:]
 
     def load_policy(self, **options):
-        from ..models.hunyuan_video.model import HunyuanVideoDiT
-
-        return HunyuanVideoDiT.from_diffusers(self.config.model.path, **options)
+        return get_family(self.config.model.family).from_diffusers(self.config.model.path, **options)
 
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
@@ -218,4 +217,4 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return ((video.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4).cpu().contiguous()
 
 
-__all__ = ["PromptWorld", "checkpoint_config", "decode_latents", "is_image_model"]
+__all__ = ["PromptWorld", "checkpoint_config", "decode_latents"]

@@ -1,5 +1,5 @@
 """FP8 linears on torch._scaled_mm, without Transformer Engine (the "local" layer spec's
-FP8 recipes; models/hunyuan_video/spec.py builds the linears).
+FP8 recipes; distributed/spec.py builds the linears).
 
 Recipes (the master weights stay in their dtype, bf16 or float32, and are quantized on the
 fly in every forward; outputs come back in the input's dtype):

@@ -79,7 +79,7 @@ def _one_round(trainer, iteration: int, timer, rounds: _Rounds) -> None:
     rounds.add("rollout", p, videos=n)
     mb = c.rollout.micro_batch or n
     parts = [slice(s, min(n, s + mb)) for s in range(0, n, mb)]
-    conds = [batch.cond.select(torch.arange(part.start, part.stop, device=batch.cond.embeds.device)) for part in parts]
+    conds = [batch.cond.select(torch.arange(part.start, part.stop, device=batch.cond.device)) for part in parts]
     with timer() as p:  # per micro-batch, as the trainer decodes; I2V worlds take the reference frame from cond
         videos = [world.decode(batch.latents[part, -1], cond) for part, cond in zip(parts, conds)]
     rounds.add("decode", p, videos=n)

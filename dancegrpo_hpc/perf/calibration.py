@@ -182,13 +182,14 @@ def from_entry(entry: Dict, name: str) -> Calibration:
 
 
 def _dit_flops(dit: Dict) -> Dict[str, float]:
-    """Linear and attention FLOPs of one forward of the measured DiT (the model's count)."""
-    from ..models.hunyuan_video.config import preset
-    from .model import forward_flops
+    """Linear and attention FLOPs of one forward of the measured DiT (its family's count; the
+    measured runs are HunyuanVideo DiTs with fewer blocks)."""
+    from ..models.family import get_family
 
-    cfg = preset(dit.get("preset", "hunyuan-t2v-13b")).replace(num_layers=int(dit["dual_blocks"]),
-                                                                num_single_layers=int(dit["single_blocks"]))
-    return forward_flops(cfg, int(dit["video_tokens"]), int(dit["text_tokens"]))
+    family = get_family(dit.get("family", "hunyuan_video"))
+    cfg = family.preset(dit.get("preset", "hunyuan-t2v-13b")).replace(num_layers=int(dit["dual_blocks"]),
+                                                                       num_single_layers=int(dit["single_blocks"]))
+    return family.cost(cfg).forward_flops(int(dit["video_tokens"]), int(dit["text_tokens"]))
 
 
 def _rest_of_pass(dit, gemm_fwd, gemm_bwd, attention, factor, peak, hbm, name) -> Dict:

@@ -54,7 +54,8 @@ from typing import Dict, Optional, Tuple
 
 from ..checks import require
 from ..config import Config, check_layout
-from ..memory import batch_sizes, estimate_memory, latent_shape, model_config, parameter_counts, text_tokens, \
+from ..models.family import family_of
+from ..memory import batch_sizes, check_model, estimate_memory, latent_shape, model_config, parameter_counts, text_tokens, \
     video_tokens
 from .hardware import Hardware
 
@@ -116,52 +117,22 @@ class Assumptions:
 
 
 # ---- FLOPs ---------------------------------------------------------------------------------------
-def forward_flops(model, video: int, text: int) -> Dict[str, float]:
-    """Matmul FLOPs of one DiT forward for one sample of `video` + `text` tokens:
-    {"linear", "attention", "total"} (2 FLOPs per multiply-accumulate)."""
-    require(video >= 1 and text >= 1, f"perf model: token counts must be >= 1; got video {video}, text {text}")
-    d, m = model.hidden_size, model.mlp_hidden
-    tokens = video + text
-    patch = model.patch_size_t * model.patch_size ** 2
-    replace = model.image_condition_type == "token_replace"  # AdaLN also for the clean first frame
-
-    def embedder(width):  # MLPEmbedder: width -> d -> d
-        return 2 * (width * d + d * d)
-
-    per_token = 8 * d * d + 4 * d * m  # qkv 3d^2 + out d^2 + MLP 2dm, 2 FLOPs per MAC
-    condition = embedder(256) * (2 if replace else 1) + embedder(model.pooled_projection_dim)
-    condition += embedder(256) if model.guidance_embeds else 0
-    embed = 2 * video * model.in_channels * patch * d
-    refiner = (embedder(256) + embedder(model.text_embed_dim) + 2 * text * model.text_embed_dim * d
-               + model.num_refiner_layers * (text * per_token + 2 * d * 2 * d))
-    modulation = (model.num_layers * (2 + replace) * 2 * d * 6 * d
-                  + model.num_single_layers * (1 + replace) * 2 * d * 3 * d)
-    blocks = model.num_layers + model.num_single_layers
-    head = 2 * d * 2 * d + 2 * video * d * patch * model.out_channels
-    linear = condition + embed + refiner + modulation + blocks * tokens * per_token + head
-    attention = 4 * d * (blocks * tokens ** 2 + model.num_refiner_layers * text ** 2)
-    return {"linear": float(linear), "attention": float(attention), "total": float(linear + attention)}
-
-
 # ---- communication -------------------------------------------------------------------------------
+def forward_flops(model, video: int, text: int) -> Dict[str, float]:
+    """Matmul FLOPs of one forward of one sample of `video` + `text` tokens, {"linear",
+    "attention", "total"} (2 per multiply-accumulate), by the model family's cost model."""
+    return family_of(model).cost(model).forward_flops(video, text)
+
+
 def tp_bytes_per_forward(model, tokens: int, text: int, tp: int, ulysses: int, element: int) -> float:
     """Bytes one GPU sends in Megatron TP collectives during one forward of one sample
-    (tokens: video + text of the sample, text: its text tokens, for the refiner)."""
-    if tp == 1:
-        return 0.0
-    ring = (tp - 1) / tp
-    reduces = 2 * model.num_layers + model.num_single_layers  # all-reduce equivalents per forward
-    block_bytes = reduces * 2 * ring * tokens / ulysses * model.hidden_size * element
-    refiner_bytes = model.num_refiner_layers * 2 * 2 * ring * text * model.hidden_size * element
-    return block_bytes + refiner_bytes
+    (tokens: image / video + text of the sample, text: its text tokens)."""
+    return family_of(model).cost(model).tp_bytes(tokens, text, tp, ulysses, element)
 
 
 def ulysses_bytes_per_forward(model, tokens: int, tp: int, ulysses: int, element: int) -> float:
     """Bytes one GPU sends in Ulysses all-to-alls (q, k, v, out) during one forward of one sample."""
-    if ulysses == 1:
-        return 0.0
-    local = tokens / ulysses * model.hidden_size / tp * element
-    return (model.num_layers + model.num_single_layers) * 4 * (ulysses - 1) / ulysses * local
+    return family_of(model).cost(model).ulysses_bytes(tokens, tp, ulysses, element)
 
 
 def dp_bytes_per_step(parameters_per_rank: int, ranks: int, element: int) -> float:
@@ -175,8 +146,6 @@ def dp_bytes_per_step(parameters_per_rank: int, ranks: int, element: int) -> flo
 # ---- the iteration -------------------------------------------------------------------------------
 def _shape(config: Config, world_size: int, text_override: Optional[int] = None):
     """Model config, data-parallel size, (video, text) tokens per sample; raises InputError."""
-    from ..validate import check_model
-
     model = model_config(config)
     dp = check_layout(config, world_size)
     shape = latent_shape(config, model)

@@ -18,7 +18,13 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, S
 import torch
 
 from ..checks import check_positive, require
-from ..rl.advantages import binary_reward
+
+
+def binary_reward(rewards: torch.Tensor, threshold: float) -> torch.Tensor:
+    """DanceGRPO's binary reward: 1 where the reward exceeds the threshold, else 0."""
+    require(isinstance(rewards, torch.Tensor), "binary_reward: rewards must be a tensor")
+    return (rewards > threshold).to(torch.float32)
+
 
 
 @runtime_checkable

@@ -1,10 +1,9 @@
-"""GRPO mathematics: group advantages, multi-reward aggregation, binary rewards,
+"""GRPO mathematics: group advantages, multi-reward aggregation,
 best-of-N selection, timestep selection and the clipped surrogate loss."""
 
 from .advantages import (
     ADVANTAGE_MODES,
     best_of_n_indices,
-    binary_reward,
     clamp_advantages,
     combine_advantages,
     group_advantages,
@@ -14,7 +13,7 @@ from .loss import grpo_loss, kl_penalty
 from .timesteps import SELECTION_MODES, TimestepSelector, num_train_timesteps, select_timesteps
 
 __all__ = [
-    "ADVANTAGE_MODES", "group_advantages", "zero_variance_mask", "combine_advantages", "binary_reward",
+    "ADVANTAGE_MODES", "group_advantages", "zero_variance_mask", "combine_advantages",
     "best_of_n_indices", "clamp_advantages", "grpo_loss", "kl_penalty",
     "SELECTION_MODES", "TimestepSelector", "num_train_timesteps", "select_timesteps",
 ]

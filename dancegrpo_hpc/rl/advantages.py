@@ -73,12 +73,6 @@ def combine_advantages(
     return total, per_reward
 
 
-def binary_reward(rewards: torch.Tensor, threshold: float) -> torch.Tensor:
-    """DanceGRPO's binary reward: 1 where the reward exceeds the threshold, else 0."""
-    require(isinstance(rewards, torch.Tensor), "binary_reward: rewards must be a tensor")
-    return (rewards > threshold).to(torch.float32)
-
-
 def best_of_n_indices(rewards: torch.Tensor, group_size: int, keep: int) -> torch.Tensor:
     """Indices (into the flat batch, ascending) of the samples best-of-N keeps: in each
     group the keep/2 highest and keep/2 lowest rewards. Compute advantages over all

@@ -12,7 +12,8 @@ import torch
 
 from ..sampling import flow_sigmas
 from ..sampling.sampler import sample, stochastic_steps
-from .policy import Conditioning, VelocityOptions, velocity
+from ..conditioning import Conditioning
+from .policy import VelocityOptions, velocity
 from .seeding import derive_seed, per_sample_noise, randn_per_sample
 
 
@@ -47,7 +48,7 @@ class RolloutBatch:
         extras = {k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.shape[:1] == (len(self),) else v
                   for k, v in self.extras.items()}
         return RolloutBatch(self.latents[index.to(dev)], self.log_probs[index.to(self.log_probs.device)], self.sigmas,
-                            self.stochastic, self.cond.select(index.to(self.cond.embeds.device)),
+                            self.stochastic, self.cond.select(index.to(self.cond.device)),
                             [self.prompts[i] for i in index.tolist()], self.prompt_ids[index], self.sample_ids[index],
                             self.group_size, extras)
 
@@ -98,7 +99,7 @@ def generate_rollouts(model, cond: Conditioning, prompts: List[str], prompt_ids:
     sampling.guidance.Guide (Euphonium); the
     batch then carries extras process_scores [N, T+1] and, for log-probs under the
     guided mean, guide_shifts [N, T, ...]."""
-    device = cond.embeds.device
+    device = cond.device
     g = settings.group_size
     n = len(prompts) * g
     sigmas = flow_sigmas(settings.steps, settings.shift).to(torch.float64)

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from ..checks import require
 from ..config import Config, check_layout, check_runnable
+from ..models.family import family_of
 from ..sampling import flow_sigmas
 from ..sampling.sampler import sample
 from .advantages import process_advantages
@@ -119,7 +120,7 @@ class Trainer:
         allow_changes: config keys (or sections) that may differ from the resumed checkpoint's."""
         from ..attention import AttentionConfig
         from ..data import build_world
-        from ..models.hunyuan_video.spec import LayerSpec
+        from ..distributed.spec import LayerSpec
         from ..rewards import AsyncRewardRunner, build_rewards
         from ..rewards.pool import RemoteRewardRunner
 
@@ -128,8 +129,13 @@ class Trainer:
             check_runnable(c)
         self.topo = Topology.create(c)
         check_layout(c, self.topo.world)
-        if world is None and check_memory:  # before the world, the DiT and the rewards load
+        if world is None:  # before the world, the DiT and the rewards load
             from ..memory import check_memory as check_memory_fits
+            from ..memory import check_model, latent_shape, model_config
+
+            model = model_config(c)
+            check_model(c, model, latent_shape(c, model))
+        if world is None and check_memory:
 
             check_memory_fits(c, self.topo.world, self.topo.device,
                               local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -165,7 +171,11 @@ class Trainer:
         s, r = c.sampling, c.rollout
         self.velocity_opts = VelocityOptions(cfg_scale=s.cfg_scale, guidance=m.guidance,
                                              autocast=_to_dtype(t.autocast), train_uncond=t.cfg_training)
-        rollout = RolloutSettings(s.steps, s.shift, s.kind, s.eta, r.group_size, r.micro_batch, r.buffer_device, c.seed)
+        # the schedule's shift: fixed, or the family's resolution-dependent one
+        self.shift = family_of(self.model).sampling_shift(self.model.config, self.world.latent_shape, s.shift,
+                                                          s.shift_mode)
+        rollout = RolloutSettings(s.steps, self.shift, s.kind, s.eta, r.group_size, r.micro_batch, r.buffer_device,
+                                  c.seed)
         update = UpdateSettings(t.timestep_fraction, t.clip_range, t.adv_clip_max, t.updates_per_rollout, t.epochs,
                                 t.micro_batch, t.grad_clip, t.kl_coef, c.seed)
         self.worker = PolicyWorker(self.model, self.params, self.optimizer, self.scheduler, rollout=rollout,
@@ -234,7 +244,7 @@ class Trainer:
             rows = self.split.rows(part.start, part.stop)
             if rows:
                 latents = final[torch.tensor(rows, device=final.device) - part.start]
-                cond_rows = torch.tensor(rows, device=cond.embeds.device) // g  # samples -> their prompts
+                cond_rows = torch.tensor(rows, device=cond.device) // g  # samples -> their prompts
                 self.runner.submit(self.world.decode(latents, cond.select(cond_rows)),
                                    [sample_prompts[r] for r in rows], sample_ids[rows].tolist())
 
@@ -308,7 +318,7 @@ class Trainer:
         prompts = self.world.eval_prompts
         mine = list(range(topo.dp_rank, len(prompts), topo.dp))
         k = c.eval.samples_per_prompt
-        sigmas = flow_sigmas(c.sampling.steps, c.sampling.shift).to(torch.float64)
+        sigmas = flow_sigmas(c.sampling.steps, self.shift).to(torch.float64)
         names = list(self.weights)
         r = len(names)
         # one all-reduce: [weighted total, each reward's sum, valid samples, failed samples, each reward's failures]
@@ -330,7 +340,7 @@ class Trainer:
                     scored.append(None)
                     continue
                 picked = torch.tensor(rows, device=traj.final.device)
-                decoded = self.world.decode(traj.final[picked], cond.select(picked.to(cond.embeds.device)))
+                decoded = self.world.decode(traj.final[picked], cond.select(picked.to(cond.device)))
                 scored.append(self.runner.run_sync(decoded, [prompts[i]] * len(rows), rows))
                 if len(videos) < keep_videos and rows[0] == 0:
                     videos.append(decoded[0])

@@ -21,7 +21,8 @@ from ..rl.loss import grpo_loss, kl_penalty
 from ..rl.timesteps import num_train_timesteps
 from ..sampling.sde import sde_step
 from .optim import EMA, clip_gradients, global_grad_norm, is_finite, reduce_gradients
-from .policy import Conditioning, VelocityOptions, velocity
+from ..conditioning import Conditioning
+from .policy import VelocityOptions, velocity
 from .rollout import RolloutBatch, RolloutSettings, generate_rollouts
 from .seeding import stream
 
@@ -76,7 +77,7 @@ class PolicyWorker:
     # ---- shared by verbs 2 and 3 --------------------------------------------------------------
     def _step_log_prob(self, batch: RolloutBatch, rows: torch.Tensor, steps: torch.Tensor, opts: VelocityOptions,
                        with_mean: bool = False, model=None):
-        device = batch.cond.embeds.device
+        device = batch.cond.device
         x = batch.latents[rows.to(batch.latents.device), steps.to(batch.latents.device)].to(device)
         x_next = batch.scored_next(rows, steps).to(device)  # no guidance here: the PRM runs only in rollouts
         sigma = batch.sigmas[steps].to(device)

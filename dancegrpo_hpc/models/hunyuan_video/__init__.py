@@ -2,6 +2,6 @@
 
 from .config import PRESETS, TINY, HunyuanVideoConfig, preset
 from .model import HunyuanVideoDiT
-from .spec import LayerSpec
+from ...distributed.spec import LayerSpec
 
 __all__ = ["HunyuanVideoConfig", "HunyuanVideoDiT", "LayerSpec", "PRESETS", "TINY", "preset"]

@@ -221,7 +221,7 @@ class RefinerBlock(nn.Module):
         self.attn.to_qkv = build.plain.column(d, 3 * d)
         self.attn.to_out = build.plain.row(d, d)
         self.norm2 = nn.LayerNorm(d, eps=1e-6)
-        self.ff = FeedForward(d, cfg.mlp_hidden, build, partial=False)
+        self.ff = FeedForward(d, cfg.refiner_mlp_hidden, build, partial=False)
         self.norm_out = nn.Module()
         self.norm_out.linear = nn.Linear(d, 2 * d)
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 from ...checks import InputError, check_choice, require
 
 IMAGE_CONDITION_TYPES = (None, "latent_concat", "token_replace")
+REFINER_MLP_RATIO = 4.0  # HunyuanVideoTokenRefiner's default, which HunyuanVideoTransformer3DModel does not override
 
 
 @dataclass(frozen=True)
 class HunyuanVideoConfig:
+    family: ClassVar[str] = "hunyuan_video"  # models/family.py
     in_channels: int = 16
     out_channels: int = 16
     num_attention_heads: int = 24
@@ -52,6 +54,12 @@ class HunyuanVideoConfig:
     @property
     def mlp_hidden(self) -> int:
         return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def refiner_mlp_hidden(self) -> int:
+        """The token refiner's MLP width: diffusers builds HunyuanVideoTokenRefiner with its
+        default mlp_ratio 4.0 whatever the model's mlp_ratio (transformer_hunyuan_video.py)."""
+        return int(self.hidden_size * REFINER_MLP_RATIO)
 
     @classmethod
     def from_diffusers(cls, config: Dict[str, Any], variant: str = "diffusers checkpoint") -> "HunyuanVideoConfig":

@@ -24,8 +24,8 @@ from ...distributed.sequence import TokenRouter, pad_tokens, padded_length
 from .blocks import DualStreamBlock, ForwardContext, RefinerBlock, SingleStreamBlock
 from .config import HunyuanVideoConfig
 from .layers import MLPEmbedder, PatchEmbed, modulate, rope_tables, timestep_features
-from .parallelize import apply_activation_checkpointing, apply_compile
-from .spec import LayerSpec, LinearFactory
+from ...distributed.parallelize import apply_activation_checkpointing, apply_compile
+from ...distributed.spec import LayerSpec, LinearFactory
 
 ADALN_MODES = ("replicated", "column")
 
@@ -103,6 +103,8 @@ def _drop_trailing_padding(text: torch.Tensor, mask: torch.Tensor):
 
 
 class HunyuanVideoDiT(nn.Module):
+    family = "hunyuan_video"  # models/family.py
+
     def __init__(self, config: HunyuanVideoConfig, *, sequence_parallel: bool = False, spec: LayerSpec = LayerSpec(),
                  attention: AttentionConfig = AttentionConfig(), adaln: str = "replicated",
                  dtype: torch.dtype = torch.float32, device=None, init_weights: bool = True,
@@ -140,6 +142,10 @@ class HunyuanVideoDiT(nn.Module):
         apply_activation_checkpointing(self, checkpoint_fraction)
         if compile:
             apply_compile(self)
+
+    def block_lists(self):
+        """The transformer blocks that activation checkpointing and compile wrap, in order."""
+        return [self.transformer_blocks, self.single_transformer_blocks]
 
     # ------------------------------------------------------------------------------------------
     @classmethod

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ...checks import InputError, require
 from .config import HunyuanVideoConfig
-from .parallelize import parameter_name
+from ...distributed.parallelize import parameter_name
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -84,10 +84,12 @@ def plan(model, rank: int) -> Dict[str, Tuple[List[Piece], int]]:
             row(target, f"{block}.attn.to_out.0", d)
         elif layer == "attn.to_add_out":
             row(target, f"{block}.attn.to_add_out", d)
-        elif layer.endswith("fc1"):
-            col(target, [(f"{block}.{layer[:-4]}.net.0.proj", mlp)])
-        elif layer.endswith("fc2"):
-            row(target, f"{block}.{layer[:-4]}.net.2", mlp)
+        elif layer.endswith(("fc1", "fc2")):
+            width = cfg.refiner_mlp_hidden if block.startswith("context_embedder.") else mlp
+            if layer.endswith("fc1"):
+                col(target, [(f"{block}.{layer[:-4]}.net.0.proj", width)])
+            else:
+                row(target, f"{block}.{layer[:-4]}.net.2", width)
         elif layer == "qkv_mlp":
             col(target, qkv(f"{block}.attn", ("to_q", "to_k", "to_v")) + [(f"{block}.proj_mlp", mlp)])
         elif layer == "proj_out":  # packed [attention | mlp] input columns

@@ -1,4 +1,6 @@
-"""Applied to a built model, outside the model code (torchtitan style)."""
+"""Applied to a built model, outside the model code (torchtitan style). A model names its
+transformer blocks with `block_lists()`: the nn.ModuleLists to checkpoint and compile, in
+order (HunyuanVideo and FLUX: dual- then single-stream blocks)."""
 
 from __future__ import annotations
 
@@ -6,18 +8,23 @@ import math
 
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
-from ...checks import require
+from ..checks import require
 
 WRAPPER_PREFIX = "_checkpoint_wrapped_module."
 
 
+def _block_lists(model):
+    require(hasattr(model, "block_lists"), f"parallelize: {type(model).__name__} does not name its transformer blocks "
+                                           "(block_lists())")
+    return list(model.block_lists())
+
+
 def apply_activation_checkpointing(model, fraction: float) -> int:
     """Selective activation checkpointing: wraps a `fraction` of the transformer blocks
-    (dual- then single-stream, spread evenly) in non-reentrant checkpointing, so their
+    (in block_lists() order, spread evenly) in non-reentrant checkpointing, so their
     activations are recomputed in backward instead of stored. Returns how many."""
     require(0.0 <= fraction <= 1.0, f"activation checkpointing: fraction must lie in [0, 1]; got {fraction}")
-    blocks = [(model.transformer_blocks, i) for i in range(len(model.transformer_blocks))]
-    blocks += [(model.single_transformer_blocks, i) for i in range(len(model.single_transformer_blocks))]
+    blocks = [(container, i) for container in _block_lists(model) for i in range(len(container))]
     wrapped = 0
     for index, (container, i) in enumerate(blocks):
         # block index chosen when the running count floor((index + 1) * fraction) steps up
@@ -38,7 +45,7 @@ def apply_compile(model, **options) -> int:
     docs/GPU_VALIDATION.md). The first call compiles (about a minute on a 16-core host).
     options go to torch.compile (tests use backend="aot_eager"). Returns how many blocks
     were compiled."""
-    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    blocks = [block for container in _block_lists(model) for block in container]
     for block in blocks:
         block.compile(**options)
     return len(blocks)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.model_parallel_config import ModelParallelConfig
 
-from ...checks import InputError, check_choice, require
-from ...distributed import fp8 as local_fp8
+from ..checks import InputError, check_choice, require
+from . import fp8 as local_fp8
 
 SPECS = ("local", "transformer_engine")
 FP8_RECIPES = ("delayed", "current", "block")  # Transformer Engine's (config.FP8_RECIPES mirrors these)
