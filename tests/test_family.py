@@ -92,3 +92,25 @@ def test_cost_model_goes_through_the_family():
         p.numel() for p in HunyuanVideoDiT(cfg, device="meta").parameters())
     assert video_tokens((4, 3, 8, 6), cfg) == 3 * 4 * 3
     assert cost.conditioning_elements(7) == 7 * cfg.text_embed_dim + cfg.pooled_projection_dim
+
+
+def test_from_diffusers_detects_the_family(tmp_path):
+    """The public entry point: a diffusers module or folder -> our module of its family,
+    whose forward takes diffusers' keyword arguments and returns the same tensor."""
+    from hv_utils import diffusers_model, inputs, rel
+
+    from dancegrpo_hpc.models import from_diffusers
+    from dancegrpo_hpc.models.hunyuan_video import HunyuanVideoDiT
+
+    ref = diffusers_model("tiny")
+    ours = from_diffusers(ref)
+    assert isinstance(ours, HunyuanVideoDiT)
+    inp = inputs(ours.config)
+    with torch.no_grad():
+        assert rel(ours(**inp), ref(**inp, return_dict=False)[0]) <= 1e-5
+    ref.save_pretrained(tmp_path / "transformer")
+    assert isinstance(from_diffusers(str(tmp_path / "transformer")), HunyuanVideoDiT)
+    with pytest.raises(InputError, match="has no config.json"):
+        from_diffusers(str(tmp_path))
+    with pytest.raises(InputError, match="no family loads diffusers class 'Linear'"):
+        from_diffusers(torch.nn.Linear(2, 2))
