@@ -89,7 +89,8 @@ EXTRAS_REQUIRE = {
     "rewards": ["transformers>=5", "safetensors"],
     # Tests of the image / video loaders (dancegrpo_hpc/data/dali_loading.py): DALI's CPU pipelines
     # run without a GPU, checked against the PIL / PyAV reference; DALI ships Linux wheels only.
-    "dev": ["pytest>=7", "pytest-timeout", *REAL, "av", "nvidia-dali-cuda120; platform_system == 'Linux'"],
+    # peft: the LoRA parity tests (tests/test_lora.py) check our adapters against diffusers + peft.
+    "dev": ["pytest>=7", "pytest-timeout", *REAL, "peft", "av", "nvidia-dali-cuda120; platform_system == 'Linux'"],
 }
 
 

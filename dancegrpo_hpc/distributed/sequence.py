@@ -84,8 +84,9 @@ class TokenRouter:
         are all-reduced together, or reduce-scattered back to this rank's pieces under
         SP, then the biases are added. Inputs are whole Ulysses-chunk streams. With one
         TP rank it is a plain linear with fused bias."""
-        if self.tp == 1:
-            return [F.linear(x, layer.weight, layer.bias) for layer, x in pairs]
+        if self.tp == 1:  # a layer that adds a term of its own (LoRA, distributed/lora.py) does so in partial()
+            return [layer.partial(x) + layer.bias if getattr(layer, "extends_partial", False)
+                    else F.linear(x, layer.weight, layer.bias) for layer, x in pairs]
         partials = [layer.partial(x) for layer, x in pairs]
         sizes = [p.shape[0] // self.gather_groups for p in partials]
         joint = interleave(partials, self.gather_groups)
