@@ -2,6 +2,7 @@
 and inputs with a padded text mask, an odd frame count and guidance."""
 
 import torch
+from dit_parity import random_diffusers_model, rel  # noqa: F401  (rel: re-exported for the HunyuanVideo tests)
 
 from dancegrpo_hpc.models.hunyuan_video import PRESETS
 
@@ -9,13 +10,7 @@ from dancegrpo_hpc.models.hunyuan_video import PRESETS
 def diffusers_model(preset="tiny", seed=0, **changes):
     from diffusers import HunyuanVideoTransformer3DModel
 
-    cfg = PRESETS[preset].replace(**changes)
-    torch.manual_seed(seed)
-    model = HunyuanVideoTransformer3DModel(**cfg.to_diffusers()).eval()
-    with torch.no_grad():  # non-trivial values everywhere (diffusers zero-inits some layers)
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model
+    return random_diffusers_model(HunyuanVideoTransformer3DModel, PRESETS[preset].replace(**changes), seed)
 
 
 def inputs(cfg, batch=2, frames=3, height=8, width=6, text_len=7, seed=1):
@@ -32,6 +27,3 @@ def inputs(cfg, batch=2, frames=3, height=8, width=6, text_len=7, seed=1):
         guidance=torch.full((batch,), 6000.0) if cfg.guidance_embeds else None,
     )
 
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()

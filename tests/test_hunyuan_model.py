@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from dit_parity import assert_matches_diffusers
 from hv_utils import diffusers_model, inputs, rel
 
 from dancegrpo_hpc.attention import AttentionConfig
@@ -17,25 +18,6 @@ from dancegrpo_hpc.models.hunyuan_video.report import parameter_report
 from dancegrpo_hpc.models.hunyuan_video.weights import export_state_dict, save_diffusers
 
 diffusers = pytest.importorskip("diffusers")
-
-
-def assert_matches_diffusers(ref, ours, inp, out_tol=1e-5, grad_tol=1e-5):
-    expected = ref(**inp, return_dict=False)[0]
-    got = ours(**inp)
-    assert got.shape == expected.shape
-    assert rel(got, expected) <= out_tol
-    weights = torch.linspace(-1, 1, got.numel()).view_as(got)
-    (expected * weights).sum().backward()
-    (got * weights).sum().backward()
-    ours_grads = export_state_dict(ours, tensor_of=lambda p: p.grad)
-    ref_grads = {n: p.grad for n, p in ref.named_parameters()}
-    assert set(ours_grads) == set(ref_grads)
-    scale = max(g.norm().item() for g in ref_grads.values())
-    for name, g in ref_grads.items():
-        if g.norm() > 1e-8 * scale:
-            assert rel(ours_grads[name], g) <= grad_tol, name
-        else:  # exactly zero in exact arithmetic (softmax is invariant to the refiner's key bias)
-            assert ours_grads[name].norm() <= 1e-8 * scale, name
 
 
 @pytest.mark.parametrize("preset_name", ["tiny", "tiny-i2v-concat", "tiny-i2v-token-replace"])

@@ -9,6 +9,7 @@ import torch
 
 from ...checks import require
 from ...conditioning import Conditioning
+from ..common.family import check_latent_grid, check_layout
 from ..family import ModelFamily, register
 from . import cost as hv_cost
 from .config import PRESETS, HunyuanVideoConfig
@@ -97,20 +98,11 @@ class HunyuanVideoFamily(ModelFamily):
         return ["embeds", "mask", "pooled"] + (["image_latents"] if self.is_image_model(model_config) else [])
 
     def check_model(self, model, tensor: int, ulysses: int, shape, where: str) -> None:
-        heads, parallel = model.num_attention_heads, tensor * ulysses
-        fits = [str(n) for n in range(1, heads + 1) if heads % n == 0]
-        require(heads % parallel == 0,
-                f"config: parallel.tensor x parallel.ulysses = {parallel} must divide the {heads} attention heads of "
-                f"{where}; use a product in {', '.join(fits)}")
-        require(model.mlp_hidden % tensor == 0 and 6 * model.hidden_size % tensor == 0,
-                f"config: parallel.tensor={tensor} must divide the MLP width {model.mlp_hidden} of {where}")
+        check_layout(model, tensor, ulysses, where)
         require(model.out_channels == shape[0],
                 f"config: {where} predicts {model.out_channels} latent channels but the data has {shape[0]}; pick a "
                 "preset for this data")
-        for axis, size in (("height", shape[2]), ("width", shape[3])):
-            require(size % model.patch_size == 0,
-                    f"config: data.{axis} gives {size} latent pixels, not divisible by the patch size "
-                    f"{model.patch_size}")
+        check_latent_grid(shape, model.patch_size)
 
     def describe(self, model: HunyuanVideoConfig) -> str:
         return (f"{model.num_attention_heads} heads x {model.attention_head_dim}, {model.num_layers} dual + "
