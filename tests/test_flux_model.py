@@ -88,6 +88,37 @@ def test_no_grad_checkpointing_and_bfloat16():
     assert low.dtype == torch.bfloat16 and rel(low.float(), expected.float()) < 2e-2  # bfloat16 eps 7.8e-3
 
 
+def test_lora_matches_diffusers_with_peft():
+    """LoRA (distributed/lora.py) reaches FLUX's fused layers through its weight plan: the
+    same adapters as peft's on diffusers' model give the same output and adapter gradients."""
+    peft = pytest.importorskip("peft")
+    from dancegrpo_hpc.distributed import lora
+
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_v_proj", "to_add_out", "ff.net.0.proj",
+               "ff_context.net.2", "proj_mlp", "proj_out", "norm1.linear", "x_embedder", "context_embedder"]
+    ref = diffusers_model()
+    ours = FluxDiT.from_diffusers(ref)
+    names = lora.apply_lora(ours, 4, 8.0, targets)
+    ref.add_adapter(peft.LoraConfig(r=4, lora_alpha=8.0, target_modules=targets))
+    assert names == sorted(n for n, m in ref.named_modules() if isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer))
+    adapters, gen = lora.lora_adapters(ours), torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in names:
+            for ab in ("lora_A", "lora_B"):
+                getattr(adapters[name], ab).normal_(0.0, 0.1, generator=gen)
+                getattr(ref.get_submodule(name), ab)["default"].weight.copy_(getattr(adapters[name], ab))
+    inp = inputs(ours.config)
+    out, expected = ours(**inp), ref(**inp, return_dict=False)[0]
+    assert rel(out, expected) <= 1e-5
+    weights = torch.linspace(-1.0, 1.0, out.numel()).view_as(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for name in names:
+        for ab in ("lora_A", "lora_B"):
+            want = getattr(ref.get_submodule(name), ab)["default"].weight.grad
+            assert rel(getattr(adapters[name], ab).grad, want) <= 1e-5, (name, ab)
+
+
 # ----------------------------------------------------------------------------- packing
 def test_packing_is_the_pipelines():
     x = torch.randn(2, 4, 1, 6, 10)

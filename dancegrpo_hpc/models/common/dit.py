@@ -134,6 +134,13 @@ class JointDiT(nn.Module):
         """The MLP width of the block named `block` (the weight plan splits it over TP)."""
         return self.config.mlp_hidden
 
+    def weight_plan(self, rank: int):
+        """Our parameter name -> (slices of diffusers tensors, concatenation dim) on TP rank
+        `rank` (weights.plan): what the weight I/O and LoRA (distributed/lora.py) read."""
+        from .weights import plan
+
+        return plan(self, rank)
+
     @classmethod
     def from_diffusers(cls, model_or_path, **options):
         """Builds the model for this rank's TP / Ulysses shard from a diffusers model instance
