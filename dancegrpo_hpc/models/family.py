@@ -112,6 +112,7 @@ class ModelFamily:
 _FAMILIES: Dict[str, ModelFamily] = {}
 _LOADERS = {  # families register on first use, so importing the registry stays light
     "hunyuan_video": "dancegrpo_hpc.models.hunyuan_video.family",
+    "sd3": "dancegrpo_hpc.models.sd3.family",
     "flux": "dancegrpo_hpc.models.flux.family",
 }
 
