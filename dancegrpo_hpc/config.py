@@ -87,8 +87,9 @@ class DataConfig:
 IMAGE_LOADERS = ("auto", "dali", "pil")
 REAL_DATA_FIELDS = ("prompts", "embeddings", "text_encoder", "vae", "reference_images")
 _DATA_DIRS = {"embeddings": "a cache folder written by tools/precompute_embeddings.py",
-              "text_encoder": "a HunyuanVideo folder with text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/",
-              "vae": "a diffusers AutoencoderKLHunyuanVideo folder (e.g. <HunyuanVideo>/vae)",
+              "text_encoder": "the model family's diffusers root with its text encoders (text_encoder/, tokenizer/, "
+                              "text_encoder_2/, tokenizer_2/, ...)",
+              "vae": "the model family's diffusers VAE folder (e.g. <HunyuanVideo>/vae, <FLUX.1-dev>/vae)",
               "reference_images": "the folder the prompt file's image paths are relative to"}
 
 

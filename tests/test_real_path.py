@@ -333,11 +333,14 @@ def test_real_world_errors_name_the_field_before_loading_weights(changes, messag
     from dancegrpo_hpc.checks import InputError
     from dancegrpo_hpc.data import reference_images
     from dancegrpo_hpc.data.real_world import PromptWorld
+    from dancegrpo_hpc.models.hunyuan_video import vae as hv_vae
 
     if changes.get("data.prompts") == "EXTRA":
         changes["data.prompts"] = str(tmp_path / "more.txt")
         (tmp_path / "more.txt").write_text("\n".join(T2V_PROMPTS + ["a yellow fish"]) + "\n")
     monkeypatch.setattr(reference_images, "load_video_vae", lambda *a, **k: pytest.fail("loaded the VAE first"))
+    # the world loads it through the family's data parts (models/hunyuan_video/vae.py)
+    monkeypatch.setattr(hv_vae, "load_video_vae", lambda *a, **k: pytest.fail("loaded the VAE first"))
     with pytest.raises(InputError, match=message) as err:
         config = real_config("tiny_t2v_real.yaml", root, tmp_path, **changes)
         PromptWorld(config)

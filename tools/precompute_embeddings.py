@@ -1,9 +1,15 @@
-"""Encodes a prompt file with the HunyuanVideo text encoders into an embedding cache
+"""Encodes a prompt file with a model family's text encoders into an embedding cache
 (dancegrpo_hpc/data/embedding_cache.py) that the trainer reads (data.embeddings).
 
     python tools/precompute_embeddings.py --prompts prompts.csv --text-encoders /ckpt/HunyuanVideo --out /data/emb
+    python tools/precompute_embeddings.py --family flux --prompts p.txt --text-encoders /ckpt/FLUX.1-dev --out /data/f
     torchrun --nproc-per-node 8 tools/precompute_embeddings.py --prompts prompts.txt \\
         --llama /ckpt/llava-llama-3-8b --clip /ckpt/clip-vit-large-patch14 --out /data/emb --device cuda
+
+The family (--family, default hunyuan_video: LLaVA-Llama3 + CLIP-L; flux: CLIP-L + T5; sd3:
+CLIP-L + CLIP-G + T5) decides the encoders, their folders in a diffusers root and the
+tensors cached (models/family.py `DataParts`); the cache records it, and a run of another
+family refuses the cache.
 
 Rank r of W encodes prompts r, r+W, ... (rank 0 also the empty prompt, CFG's negative) and
 writes its own shards; after a barrier rank 0 writes index.json. On CPU the ranks talk over
@@ -24,6 +30,8 @@ sys.path.insert(0, ROOT)
 
 from dancegrpo_hpc.checks import InputError, require  # noqa: E402
 
+ENCODER_FLAGS = {"llama": "LLaVA-Llama3 (hunyuan_video)", "clip": "CLIP-L (every family)",
+                 "clip_g": "CLIP-G (sd3)", "t5": "T5-XXL (flux, sd3)"}
 OWN_FILES = re.compile(r"^rank\d{5}(-\d{5}\.safetensors|\.part\.json)(\.tmp)?$|^index\.json(\.tmp)?$")
 
 
@@ -31,10 +39,13 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", required=True, help="prompt file: .txt, .jsonl or .csv (dancegrpo_hpc.data.prompts)")
     p.add_argument("--field", default=None, help="the prompt's field / column in .jsonl / .csv (default: prompt)")
-    p.add_argument("--text-encoders", default=None, help="diffusers HunyuanVideo root: text_encoder/, tokenizer/, "
-                                                         "text_encoder_2/, tokenizer_2/")
-    p.add_argument("--llama", default=None, help="LLaVA-Llama3 folder (model + tokenizer); overrides the root's")
-    p.add_argument("--clip", default=None, help="CLIP-L folder (model + tokenizer); overrides the root's")
+    p.add_argument("--family", default="hunyuan_video", help="model family whose text encoders to run "
+                                                             "(models/family.py; default hunyuan_video)")
+    p.add_argument("--text-encoders", default=None, help="the family's diffusers root: text_encoder/, tokenizer/, "
+                                                         "text_encoder_2/, tokenizer_2/, ...")
+    for key, what in ENCODER_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, default=None,
+                       help=f"{what} folder (model + tokenizer); overrides the root's")
     p.add_argument("--out", required=True, help="cache folder to write")
     p.add_argument("--shard-size", type=int, default=64, help="prompts per shard (64 x 256 x 4096 bf16 = 128 MiB)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per encoder forward")
@@ -45,16 +56,26 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def check(args):
-    """Everything that can fail on user input, before any process group or model."""
-    from dancegrpo_hpc.data.prompts import load_prompts
-    from dancegrpo_hpc.data.text_encoders import resolve_dtype, resolve_paths
+def folders(args):
+    """The per-encoder folder overrides given (--llama, --clip, ...)."""
+    return {k: getattr(args, k) for k in ENCODER_FLAGS if getattr(args, k) is not None}
 
+
+def check(args):
+    """Everything that can fail on user input, before any process group or model; returns
+    (prompts, dtype, the family's data parts)."""
+    from dancegrpo_hpc.data.prompts import load_prompts
+    from dancegrpo_hpc.models.family import family_names, get_family
+    from dancegrpo_hpc.models.text_encoders import resolve_dtype
+
+    require(args.family in family_names(), f"--family {args.family!r} is not a model family; choose one of "
+                                           f"{', '.join(family_names())}")
     require(args.shard_size > 0, f"--shard-size must be a positive integer; got {args.shard_size}")
     require(args.batch_size > 0, f"--batch-size must be a positive integer; got {args.batch_size}")
     prompts = load_prompts(args.prompts, field=args.field, check_images=False).prompts
     prompts = list(dict.fromkeys(prompts))  # I2V files may repeat a prompt with other images: encode it once
-    resolve_paths(args.text_encoders, args.llama, args.clip)  # checks the folders; loads nothing
+    parts = get_family(args.family).data()
+    parts.check_text_encoders(args.text_encoders, folders(args), "--text-encoders")  # checks the folders; loads nothing
     if args.device == "cuda":
         import torch
 
@@ -63,18 +84,17 @@ def check(args):
     require(not os.path.exists(args.out) or os.path.isdir(args.out), f"--out {args.out!r} is a file; give a folder")
     require(args.overwrite or not os.path.exists(os.path.join(args.out, "index.json")),
             f"--out {args.out!r} already holds an embedding cache; pass --overwrite or choose another folder")
-    return prompts, dtype
+    return prompts, dtype, parts
 
 
 def run(args):
     import torch
     import torch.distributed as dist
 
-    from dancegrpo_hpc.data.embedding_cache import NEGATIVE_PROMPT, CacheWriter, finalize
-    from dancegrpo_hpc.data.text_encoders import HunyuanTextEncoders
+    from dancegrpo_hpc.data.embedding_cache import CacheWriter, finalize
 
     start = time.perf_counter()
-    prompts, dtype = check(args)
+    prompts, dtype, parts = check(args)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = args.device
@@ -93,14 +113,15 @@ def run(args):
             dist.barrier()
         mine = prompts[rank::world]
         if rank == 0:
-            mine = [NEGATIVE_PROMPT] + mine
+            mine = [parts.negative_prompt] + [p for p in mine if p != parts.negative_prompt]
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-rank weight-loading bars; this tool prints its own progress
-        encoders = HunyuanTextEncoders.from_pretrained(args.text_encoders, args.llama, args.clip, device=device,
-                                                       dtype=dtype)
-        writer = CacheWriter(args.out, f"rank{rank:05d}", args.shard_size, dtype)
-        truncated = encoders.count_truncated(prompts) if rank == 0 else None
+        encoders = parts.load_text_encoders(args.text_encoders, folders(args), device=device, dtype=dtype,
+                                            field="--text-encoders")
+        writer = CacheWriter(args.out, f"rank{rank:05d}", args.shard_size, dtype, parts.text_tensors,
+                             parts.mask_tensors)
+        truncated = encoders.truncation(prompts) if rank == 0 else None
         report, began = max(len(mine) // 10, 1), time.perf_counter()
         for i in range(0, len(mine), args.batch_size):
             batch = mine[i:i + args.batch_size]
@@ -113,7 +134,8 @@ def run(args):
         if world > 1:
             dist.barrier()
         if rank == 0:
-            index = finalize(args.out, encoders.describe(), [f"rank{r:05d}" for r in range(world)], dtype)
+            index = finalize(args.out, encoders.describe(), [f"rank{r:05d}" for r in range(world)], dtype,
+                             family=parts.family)
             return {"prompts": len(prompts), "index": index, "seconds": time.perf_counter() - start, "ranks": world,
                     "truncated": truncated}
         return None
@@ -134,13 +156,15 @@ def main(argv=None) -> int:
 
         index = json.load(open(out["index"]))
         size = sum(s["bytes"] for s in index["shards"])
+        shapes = ", ".join(f"{k} {v['shape']}" for k, v in index["tensors"].items())
         print(f"precompute_embeddings: {out['prompts']} prompts + the empty prompt -> {len(index['shards'])} shards "
-              f"({size / 2**20:.1f} MiB, {index['dtype']}, [{index['max_length']}, {index['embed_dim']}] + "
-              f"[{index['pooled_dim']}]) in {args.out}; {out['seconds']:.1f} s on {out['ranks']} rank(s)")
-        llama, clip = out["truncated"]
-        if llama or clip:
-            print(f"precompute_embeddings: cut as diffusers cuts them: {llama} prompt(s) longer than "
-                  f"{index['max_length']} Llama tokens, {clip} longer than {index['clip_max_length']} CLIP tokens")
+              f"({size / 2**20:.1f} MiB, {index['dtype']}, {index['family']}: {shapes}) in {args.out}; "
+              f"{out['seconds']:.1f} s on {out['ranks']} rank(s)")
+        cut = out["truncated"]
+        if any(count for count, _, _ in cut):
+            print("precompute_embeddings: cut as diffusers cuts them: " + ", ".join(
+                f"{count} {'prompt(s) ' if i == 0 else ''}longer than {limit} {name} tokens"
+                for i, (count, limit, name) in enumerate(cut)))
     return 0
 
 
