@@ -136,7 +136,6 @@ class Trainer:
             model = model_config(c)
             check_model(c, model, latent_shape(c, model))
         if world is None and check_memory:
-
             check_memory_fits(c, self.topo.world, self.topo.device,
                               local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         self.resume_path = self._choose_resume(resume, allow_changes)
